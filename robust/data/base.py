@@ -1,0 +1,308 @@
+"""The datamodule base class: splits, loaders and the errors every data module raises.
+
+Contract: every data module yields ``(x, y)`` with ``x`` a float32 tensor of images in
+[0, 1], shape ``(N, C, H, W)``, and ``y`` int64 class indices. Normalisation is the
+model's first layer (``robust.models.Normalize``); ``mean``/``std`` are exposed here
+only so that a user can build that layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+SPLIT_SEED = 0
+"""Seed of every train/val split: splits are fixed, independent of the ``seed`` argument."""
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The files of a data set are not where the data module looked for them.
+
+    ``path`` is the absolute path that was searched; the message says how to supply the files.
+    """
+
+    def __init__(self, message: str, path: str | Path | None = None) -> None:
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class DataFormatError(ValueError):
+    """A data file exists but its content is not what the data module expects."""
+
+
+def absolute(path: str | Path) -> Path:
+    """``path`` made absolute against the current directory (``~`` expanded, ``..`` resolved)."""
+    return Path(path).expanduser().resolve()
+
+
+def check_val_size(val_size: int | float, name: str = "val_size") -> int | float:
+    """Validate a validation-set size: a count (int >= 0) or a fraction in [0, 1)."""
+    if isinstance(val_size, bool) or not isinstance(val_size, (int, float)):
+        raise ValueError(f"{name} must be an int (a count) or a float in [0, 1) (a fraction), got {val_size!r}")
+    if isinstance(val_size, float):
+        if not 0.0 <= val_size < 1.0:
+            raise ValueError(f"{name} as a fraction must lie in [0, 1), got {val_size}")
+    elif val_size < 0:
+        raise ValueError(f"{name} must be >= 0, got {val_size}")
+    return val_size
+
+
+def resolve_val_size(val_size: int | float, n: int, name: str = "val_size") -> int:
+    """The number of validation examples out of ``n`` training examples (a fraction is rounded)."""
+    check_val_size(val_size, name)
+    count = int(round(val_size * n)) if isinstance(val_size, float) else int(val_size)
+    if count >= n:
+        raise ValueError(f"{name}={val_size} leaves no training data out of {n} examples")
+    return count
+
+
+def split_indices(
+    n: int,
+    val_size: int | float,
+    groups: Sequence[object] | np.ndarray | None = None,
+    seed: int = SPLIT_SEED,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed random split of ``range(n)`` into sorted ``(train_idx, val_idx)``.
+
+    With ``groups`` (one id per example), whole groups go to validation until at least
+    ``val_size`` examples are there, so near-duplicates (GTSRB's tracks of one physical
+    sign) never straddle the split.
+    """
+    count = resolve_val_size(val_size, n)
+    gen = torch.Generator().manual_seed(seed)
+    if count == 0:
+        return torch.arange(n), torch.zeros(0, dtype=torch.long)
+    if groups is None:
+        perm = torch.randperm(n, generator=gen)
+        val = perm[:count]
+    else:
+        if len(groups) != n:
+            raise ValueError(f"got {len(groups)} group ids for {n} examples")
+        _, group_of = np.unique(np.asarray(groups), return_inverse=True)
+        group_of = torch.from_numpy(group_of.reshape(-1).astype(np.int64))
+        sizes = torch.bincount(group_of)
+        order = torch.randperm(len(sizes), generator=gen)
+        taken = order[: int(torch.searchsorted(torch.cumsum(sizes[order], 0), count)) + 1]
+        chosen = torch.zeros(len(sizes), dtype=torch.bool)
+        chosen[taken] = True
+        val = torch.nonzero(chosen[group_of]).flatten()
+        if len(val) >= n:
+            raise ValueError(f"val_size={val_size} leaves no training data out of {n} examples")
+    is_val = torch.zeros(n, dtype=torch.bool)
+    is_val[val] = True
+    return torch.nonzero(~is_val).flatten(), torch.nonzero(is_val).flatten()
+
+
+class ImageTensorDataset(Dataset):
+    """Images held in memory as uint8 (0..255) or float (in [0, 1]) ``(N, C, H, W)`` tensors.
+
+    Each item is converted to float32 in [0, 1], then ``transform`` (a per-image
+    augmentation on a ``(C, H, W)`` float tensor) is applied; labels are int64.
+    uint8 storage keeps CIFAR-sized sets at a quarter of their float32 size.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        if images.dim() != 4:
+            raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+        if images.dtype != torch.uint8 and not images.is_floating_point():
+            raise ValueError(f"images must be uint8 or floating point, got {images.dtype}")
+        if labels.shape != (len(images),):
+            raise ValueError(f"labels must have shape ({len(images)},), got {tuple(labels.shape)}")
+        self.images = images
+        self.labels = labels.long()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = _to_unit_float(self.images[index])
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, self.labels[index]
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All images as float32 in [0, 1] and their labels, without ``transform``."""
+        return _to_unit_float(self.images), self.labels
+
+
+def _to_unit_float(x: torch.Tensor) -> torch.Tensor:
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32).div_(255.0)
+    return x.to(torch.float32)
+
+
+def dataset_tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` of an in-memory data set (``TensorDataset`` or ``ImageTensorDataset``)."""
+    if isinstance(dataset, ImageTensorDataset):
+        return dataset.tensors()
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+        return dataset.tensors[0], dataset.tensors[1]
+    raise TypeError(f"{type(dataset).__name__} does not hold its examples in memory")
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of ``(N, C, H, W)`` images in [0, 1] (std floored at 1e-3)."""
+    x = _to_unit_float(images).transpose(0, 1).reshape(images.shape[1], -1).double()
+    mean = x.mean(dim=1)
+    std = x.std(dim=1, unbiased=False).clamp_min(1e-3)
+    return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
+
+
+def _check_positive_int(value: object, name: str, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+class RobustDataModule(pl.LightningDataModule):
+    """Base of every data module: batch sizes, workers, a seeded shuffle and fixed splits.
+
+    Subclasses set the class (or instance) attributes ``name``, ``num_classes``,
+    ``in_channels``, ``image_size`` (int, images are square), ``mean``, ``std``
+    (per-channel, of [0, 1] pixels) and implement ``_load_fit() -> (train, val | None)``
+    and ``_load_test() -> test``, called from ``setup``.
+
+    Args:
+        batch_size: training batch size.
+        eval_batch_size: validation/test batch size (default: ``batch_size``).
+        num_workers: DataLoader worker processes (0 loads in the main process).
+        seed: seeds the training shuffle (a ``torch.Generator``); splits never depend on it.
+        val_size: validation examples carved from the training data, a count or a fraction.
+    """
+
+    name: str = ""
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        val_size: int | float = 0,
+    ) -> None:
+        super().__init__()
+        _check_positive_int(batch_size, "batch_size")
+        if eval_batch_size is not None:
+            _check_positive_int(eval_batch_size, "eval_batch_size")
+        _check_positive_int(num_workers, "num_workers", allow_zero=True)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        self.batch_size = batch_size
+        self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.val_size = check_val_size(val_size)
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    # -- what subclasses implement -------------------------------------------------
+    def _load_fit(self) -> tuple[Dataset, Dataset | None]:
+        raise NotImplementedError
+
+    def _load_test(self) -> Dataset:
+        raise NotImplementedError
+
+    # -- Lightning hooks -----------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            self.train_set, self.val_set = self._load_fit()
+        if stage in (None, "test", "predict") and self.test_set is None:
+            self.test_set = self._load_test()
+
+    def train_dataloader(self) -> DataLoader:
+        self._ensure("fit")
+        generator = torch.Generator().manual_seed(self.seed)
+        return self._loader(self.train_set, self.batch_size, shuffle=True, generator=generator)
+
+    def val_dataloader(self) -> DataLoader | list:
+        self._ensure("fit")
+        if self.val_set is None:
+            return []
+        return self._loader(self.val_set, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        self._ensure("test")
+        return self._loader(self.test_set, self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    # -- in-memory access ----------------------------------------------------------
+    def train_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training split as ``(x, y)`` (float32 in [0, 1], int64), without augmentation."""
+        self._ensure("fit")
+        return dataset_tensors(self.train_set)
+
+    def val_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The validation split (checkpoint selection) as ``(x, y)`` tensors."""
+        self._ensure("fit")
+        if self.val_set is None:
+            raise ValueError(f"{self.name}: no validation split (val_size=0)")
+        return dataset_tensors(self.val_set)
+
+    def test_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The held-out test split as ``(x, y)`` tensors."""
+        self._ensure("test")
+        return dataset_tensors(self.test_set)
+
+    # -- helpers -------------------------------------------------------------------
+    def _ensure(self, stage: str) -> None:
+        missing = self.train_set is None if stage == "fit" else self.test_set is None
+        if missing:
+            self.setup(stage)
+
+    def _loader(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            drop_last=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def split_sizes(self) -> dict[str, int]:
+        """Number of examples per split (sets them up if needed)."""
+        self._ensure("fit")
+        self._ensure("test")
+        return {
+            "train": len(self.train_set),
+            "val": 0 if self.val_set is None else len(self.val_set),
+            "test": len(self.test_set),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, num_classes={self.num_classes}, "
+            f"in_channels={self.in_channels}, image_size={self.image_size})"
+        )
+
+    __str__ = __repr__  # Lightning's __str__ builds every dataloader, i.e. loads the data
