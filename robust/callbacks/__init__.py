@@ -1,0 +1,5 @@
+"""Lightning callbacks for robust training."""
+
+from robust.callbacks.overfitting import CatastrophicOverfitting
+
+__all__ = ["CatastrophicOverfitting"]

@@ -1,0 +1,73 @@
+"""The training-method contract: ``method.loss(model, x, y) -> (loss, logs)``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from robust.spec import Recorded
+from robust.threat import ThreatModel
+
+WarmupUnit = Literal["epochs", "steps"]
+
+
+class Method(Recorded):
+    """Base class of training objectives.
+
+    Subclasses implement :meth:`loss`. Methods with a threat model get an epsilon
+    warm-up: the attack budget ramps linearly from 0 to ``threat.eps`` over the first
+    ``warmup`` epochs or steps (``warmup_unit``), as in Gowal et al. 2018 and the
+    MNIST recipes of Wong et al. 2020. The ramp scales the budget inside the method;
+    the ThreatModel itself always holds the full, positive eps.
+
+    ``attack_mode`` says in which mode BatchNorm/dropout run while the training attack
+    is crafted: ``"train"`` (Madry et al., Wong et al.: the mode the loss uses) or
+    ``"eval"`` (TRADES and MART reference code). It is switched once per batch.
+    """
+
+    threat: ThreatModel | None = None
+    attack_mode: Literal["train", "eval"] = "train"
+
+    def __init__(self, warmup: float = 0, warmup_unit: WarmupUnit = "epochs") -> None:
+        if warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {warmup}")
+        if warmup_unit not in ("epochs", "steps"):
+            raise ValueError(f"warmup_unit must be 'epochs' or 'steps', got {warmup_unit!r}")
+        self.warmup = float(warmup)
+        self.warmup_unit = warmup_unit
+        self.eps_scale = 1.0
+
+    def update_schedule(self, epoch: float, step: int) -> float:
+        """Set the warm-up scale from training progress (fractional epoch, global step)."""
+        if self.warmup <= 0:
+            self.eps_scale = 1.0
+        else:
+            progress = epoch if self.warmup_unit == "epochs" else float(step)
+            self.eps_scale = min(1.0, max(0.0, progress / self.warmup))
+        return self.eps_scale
+
+    @property
+    def current_eps(self) -> float:
+        """The attack budget in force now (``threat.eps`` times the warm-up scale)."""
+        return 0.0 if self.threat is None else float(self.threat.eps) * self.eps_scale
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        raise NotImplementedError
+
+    def _craft(self, model: nn.Module, fn: Any) -> torch.Tensor:
+        """Run ``fn()`` with the model in ``attack_mode``, then restore its mode."""
+        was_training = model.training
+        want_training = self.attack_mode == "train" and was_training
+        if want_training != was_training:
+            model.train(want_training)
+        try:
+            return fn()
+        finally:
+            if model.training != was_training:
+                model.train(was_training)
+
+    def __repr__(self) -> str:
+        args = getattr(self, "_robust_spec", {}).get("init_args", {})
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in args.items())})"

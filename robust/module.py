@@ -1,0 +1,271 @@
+"""``RobustClassifier``: a LightningModule that hardens any ``nn.Module`` it is given.
+
+The wrapped network (``.model``) maps images in [0, 1] to logits; the training
+objective comes from a ``robust.methods`` method. Each validation epoch logs clean
+accuracy and robust accuracy under our PGD (for checkpoint selection); the test
+loop measures robust accuracy with torchattacks' PGD, an attack independent of the
+one used in training.
+
+Hyperparameters are stored as plain specs (``class_path`` + ``init_args``), so
+checkpoints load with ``weights_only=True``; specs are rebuilt only from the
+allowlist in :mod:`robust.spec`. A model that cannot be described as a spec (a
+user's own module object) is handed back at load time:
+``RobustClassifier.load_from_checkpoint(path, model=MyNet())``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import EMAWeightAveraging
+from torch import nn
+from typing_extensions import override
+
+from robust import spec as specs
+from robust.attacks.evaluation import pgd_robust_correct
+from robust.attacks.training import pgd
+from robust.methods import Method, Standard
+from robust.threat import Eps, ThreatModel
+
+Optimizer = Literal["sgd", "adam", "adamw"]
+Scheduler = Literal["none", "multistep", "cosine", "onecycle"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is not ours, or that cannot be rebuilt safely."""
+
+
+def _resolve(value: Any, field: str) -> tuple[Any, Any]:
+    """Return ``(object, spec)`` for a constructor argument given as object or spec."""
+    if specs.is_spec(value):
+        try:
+            return specs.build(value), copy.deepcopy(value)
+        except specs.SpecError as exc:
+            raise CheckpointError(f"{field}: {exc}") from exc
+    if specs.describable(value):
+        return value, specs.to_spec(value)
+    return value, None
+
+
+class RobustClassifier(pl.LightningModule):
+    """Wrap ``model`` with a training ``method``, optimiser, LR schedule and robust metrics.
+
+    Args:
+        model: any ``nn.Module`` mapping [0, 1] images to logits, or its spec.
+        method: training objective (default :class:`robust.methods.Standard`), or its spec.
+        eval_threat: threat model for validation/test attacks; defaults to the method's.
+        optimizer: ``sgd``, ``adam`` or ``adamw``.
+        lr: (peak) learning rate. momentum / nesterov apply to SGD only.
+        weight_decay: L2 penalty (decoupled for AdamW).
+        scheduler: ``none``; ``multistep`` (multiply by ``gamma`` at each epoch in
+            ``milestones``); ``cosine`` (per step to 0); ``onecycle`` (linear up to ``lr`` over the
+            first ``pct_start`` of training, then linear down to 0: the cyclic schedule of Wong et al. 2020).
+        val_attack_steps: steps of our PGD for validation robust accuracy (step ``2.5 eps / steps``).
+        test_attack_steps / test_attack_restarts / test_attack_step_size: torchattacks' PGD in
+            the test loop (step default ``eps / 10``).
+        ema_decay: keep an exponential moving average of the weights (Lightning's
+            ``EMAWeightAveraging``) with this decay; validation and checkpoints use the average.
+        seed: seed of the test attack's random starts.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        method: Method | None = None,
+        eval_threat: ThreatModel | None = None,
+        optimizer: Optimizer = "sgd",
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        nesterov: bool = False,
+        weight_decay: float = 5e-4,
+        scheduler: Scheduler = "none",
+        milestones: Sequence[int] = (),
+        gamma: float = 0.1,
+        pct_start: float = 0.4,
+        val_attack_steps: int = 10,
+        test_attack_steps: int = 50,
+        test_attack_restarts: int = 1,
+        test_attack_step_size: Eps | None = None,
+        ema_decay: float | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if model is None:
+            raise CheckpointError(
+                "no model: this checkpoint was trained on a module that is not a registry or class_path "
+                "spec; pass it back with RobustClassifier.load_from_checkpoint(path, model=YourModel(...))"
+            )
+        self.model, model_spec = _resolve(model, "model")
+        if not isinstance(self.model, nn.Module):
+            raise ValueError(f"model must be an nn.Module (or its spec), got {type(self.model).__name__}")
+        method = Standard() if method is None else method
+        self.method, method_spec = _resolve(method, "method")
+        if not isinstance(self.method, Method):
+            raise ValueError(f"method must be a robust.methods.Method (or its spec), got {type(self.method).__name__}")
+        if method_spec is None:
+            raise ValueError(f"method {self.method!r} cannot be stored as a spec; subclass robust.methods.Method")
+        threat = eval_threat if eval_threat is not None else self.method.threat
+        self.eval_threat = None if threat is None else ThreatModel.coerce(threat)
+        if optimizer not in ("sgd", "adam", "adamw"):
+            raise ValueError(f"optimizer must be sgd, adam or adamw, got {optimizer!r}")
+        if scheduler not in ("none", "multistep", "cosine", "onecycle"):
+            raise ValueError(f"scheduler must be none, multistep, cosine or onecycle, got {scheduler!r}")
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
+        for name, value in (("val_attack_steps", val_attack_steps), ("test_attack_steps", test_attack_steps),
+                            ("test_attack_restarts", test_attack_restarts)):
+            if int(value) < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.save_hyperparameters(
+            {
+                "model": model_spec,
+                "method": method_spec,
+                "eval_threat": specs.to_spec(self.eval_threat),
+                "optimizer": optimizer,
+                "lr": float(lr),
+                "momentum": float(momentum),
+                "nesterov": bool(nesterov),
+                "weight_decay": float(weight_decay),
+                "scheduler": scheduler,
+                "milestones": [int(m) for m in milestones],
+                "gamma": float(gamma),
+                "pct_start": float(pct_start),
+                "val_attack_steps": int(val_attack_steps),
+                "test_attack_steps": int(test_attack_steps),
+                "test_attack_restarts": int(test_attack_restarts),
+                "test_attack_step_size": None if test_attack_step_size is None else float(test_attack_step_size),
+                "ema_decay": None if ema_decay is None else float(ema_decay),
+                "seed": int(seed),
+            }
+        )
+
+    @classmethod
+    @override
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
+                             strict: bool | None = None, weights_only: bool | None = True, **kwargs: Any) -> "RobustClassifier":
+        """Load with ``weights_only=True`` by default: a checkpoint cannot run code."""
+        try:
+            return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                                strict=strict, weights_only=weights_only, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the reason a user can act on
+            if isinstance(exc, (CheckpointError, FileNotFoundError)):
+                raise
+            if "Weights only load failed" in str(exc) or "UnpicklingError" in type(exc).__name__:
+                raise CheckpointError(
+                    f"{checkpoint_path}: refused to unpickle objects other than tensors and plain data "
+                    f"(weights_only=True); this is not a robust checkpoint or it was tampered with"
+                ) from None
+            if isinstance(exc, KeyError) or "hyper_parameters" in str(exc):
+                raise CheckpointError(f"{checkpoint_path}: not a robust checkpoint ({exc})") from exc
+            raise
+
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    # --- training -----------------------------------------------------------------
+    @override
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        n = self.trainer.num_training_batches
+        epoch = self.current_epoch + (batch_idx / n if n and n != float("inf") else 0.0)
+        self.method.update_schedule(epoch, self.global_step)
+
+    @override
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss, logs = self.method.loss(self.model, x, y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss ({float(loss)}) at step {self.global_step}, epoch {self.current_epoch}: "
+                f"lower the learning rate ({self.hparams.lr}) or lengthen the eps warm-up"
+            )
+        logs = {f"train/{k}": v for k, v in logs.items() if k != "loss"}
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
+        self.log_dict(logs, on_step=True, on_epoch=True, batch_size=len(y))
+        return loss
+
+    # --- evaluation -----------------------------------------------------------------
+    def _eval_batch(self, batch: Any, stage: str) -> None:
+        x, y = batch
+        with torch.inference_mode(False), torch.enable_grad():
+            x, y = x.clone(), y.clone()
+            with torch.no_grad():
+                logits = self.model(x)
+            clean = logits.argmax(1) == y
+            self.log(f"{stage}/clean_acc", clean.float().mean(), prog_bar=True, batch_size=len(y))
+            self.log(f"{stage}/loss", F.cross_entropy(logits, y), batch_size=len(y))
+            if self.eval_threat is None:
+                return
+            if stage == "val":
+                x_adv = pgd(self.model, x, y, self.eval_threat, steps=self.hparams.val_attack_steps)
+                with torch.no_grad():
+                    robust = self.model(x_adv).argmax(1) == y
+            else:
+                robust = pgd_robust_correct(
+                    self.model, x, y, self.eval_threat, steps=self.hparams.test_attack_steps,
+                    step_size=self.hparams.test_attack_step_size, restarts=self.hparams.test_attack_restarts,
+                    seed=self.hparams.seed + 1000 * int(getattr(self, "_eval_batch_counter", 0)),
+                )
+                self._eval_batch_counter = getattr(self, "_eval_batch_counter", 0) + 1
+            self.log(f"{stage}/robust_acc", (robust & clean).float().mean(), prog_bar=True, batch_size=len(y))
+
+    @override
+    def on_test_epoch_start(self) -> None:
+        self._eval_batch_counter = 0
+
+    @override
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_batch(batch, "val")
+
+    @override
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_batch(batch, "test")
+
+    # --- optimisation ------------------------------------------------------------
+    @override
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if hp.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov, weight_decay=hp.weight_decay)
+        elif hp.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.scheduler == "none":
+            return opt
+        if hp.scheduler == "multistep":
+            sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(hp.milestones), gamma=hp.gamma)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        total = int(self.trainer.estimated_stepping_batches)
+        if hp.scheduler == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total, 1))
+        else:
+            sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=hp.lr, total_steps=max(total, 2), pct_start=hp.pct_start, anneal_strategy="linear",
+                div_factor=1e4, final_div_factor=1e4, cycle_momentum=False,
+            )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    @override
+    def configure_callbacks(self) -> list[pl.Callback]:
+        if self.hparams.ema_decay is None:
+            return []
+        return [EMAWeightAveraging(decay=self.hparams.ema_decay)]
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["robust"] = {"format": 1, "method_eps_scale": float(self.method.eps_scale)}
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "robust" not in checkpoint:
+            raise CheckpointError("not a robust checkpoint: it has no 'robust' section (was it written by RobustClassifier?)")
+        self.method.eps_scale = float(checkpoint["robust"].get("method_eps_scale", 1.0))
