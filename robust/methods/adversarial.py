@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -134,8 +135,8 @@ class TRADES(_Attacking):
         warmup_unit: WarmupUnit = "epochs",
     ) -> None:
         super().__init__(threat, warmup, warmup_unit)
-        if beta < 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
+        if not math.isfinite(beta) or beta < 0:
+            raise ValueError(f"beta must be a finite number >= 0, got {beta}")
         self.beta = float(beta)
         self.steps = _steps(steps)
         self.step_size = _step(step_size, "step_size")
@@ -181,8 +182,8 @@ class MART(_Attacking):
         warmup_unit: WarmupUnit = "epochs",
     ) -> None:
         super().__init__(threat, warmup, warmup_unit)
-        if beta < 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
+        if not math.isfinite(beta) or beta < 0:
+            raise ValueError(f"beta must be a finite number >= 0, got {beta}")
         self.beta = float(beta)
         self.steps = _steps(steps)
         self.step_size = _step(step_size, "step_size")

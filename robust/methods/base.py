@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -31,8 +32,8 @@ class Method(Recorded):
     attack_mode: Literal["train", "eval"] = "train"
 
     def __init__(self, warmup: float = 0, warmup_unit: WarmupUnit = "epochs") -> None:
-        if warmup < 0:
-            raise ValueError(f"warmup must be >= 0, got {warmup}")
+        if not math.isfinite(warmup) or warmup < 0:  # NaN/inf would silently keep eps at 0 forever
+            raise ValueError(f"warmup must be a finite number >= 0, got {warmup}")
         if warmup_unit not in ("epochs", "steps"):
             raise ValueError(f"warmup_unit must be 'epochs' or 'steps', got {warmup_unit!r}")
         self.warmup = float(warmup)

@@ -1,0 +1,97 @@
+"""Shared helpers for the threat-model, attack and method tests (not a conftest: import explicitly).
+
+The networks here are tiny (CNNSmall on 8x8 digits: ~60k weights, 1.5 ms per Adam step on
+one core), so every test file trains its own models for real in a module-scoped fixture.
+Tiny convolutions run several times *slower* with two intra-op threads on a loaded 2-core
+machine than with one, hence ``one_thread``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from functools import lru_cache
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robust.data import Digits
+from robust.models import CNNSmall
+
+BATCH = 64
+LR = 1e-3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Run the module's tests on one intra-op thread, then restore the caller's setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@lru_cache(maxsize=1)
+def _digits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    dm = Digits()
+    return {"train": dm.train_tensors(), "val": dm.val_tensors(), "test": dm.test_tensors()}
+
+
+def digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed Digits split (1197 / 300 / 300 images of 1x8x8 in [0, 1]) as fresh tensors."""
+    x, y = _digits()[split]
+    return x.clone(), y.clone()
+
+
+def tiny_cnn(seed: int = 0) -> nn.Module:
+    """CNNSmall (Gowal et al. 2018) sized for 8x8 digits, initialised from ``seed``."""
+    torch.manual_seed(seed)
+    return CNNSmall(num_classes=10, in_channels=1, input_size=8)
+
+
+def train(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], Any] | None = None,
+    epochs: int = 8,
+    seed: int = 0,
+    on_step: Callable[[float, int], Any] | None = None,
+) -> nn.Module:
+    """Plain Adam(1e-3) loop over the Digits train split, batch 64, seeded shuffle and attack RNG.
+
+    ``loss_fn(model, x, y)`` returns a loss or a ``(loss, logs)`` pair (the method contract);
+    default cross-entropy. ``on_step(epoch_fraction, global_step)`` runs before every batch
+    (``method.update_schedule``). Returns the model in eval mode with ``.grad`` cleared.
+    """
+    x, y = digits("train")
+    shuffle = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # random starts of the training attacks
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    batches = (len(x) + BATCH - 1) // BATCH
+    step = 0
+    model.train()
+    for epoch in range(epochs):
+        perm = torch.randperm(len(x), generator=shuffle)
+        for b in range(batches):
+            if on_step is not None:
+                on_step(epoch + b / batches, step)
+            idx = perm[b * BATCH:(b + 1) * BATCH]
+            if loss_fn is None:
+                loss = F.cross_entropy(model(x[idx]), y[idx])
+            else:
+                out = loss_fn(model, x[idx], y[idx])
+                loss = out[0] if isinstance(out, tuple) else out
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    model.zero_grad(set_to_none=True)
+    return model.eval()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((model(x).argmax(1) == y).float().mean())
