@@ -310,14 +310,15 @@ def test_invalid_arguments(name, kwargs, field):
 # -- mode of the training attack -----------------------------------------------------------
 
 # Forward passes in order and the mode of each, for 3 attack steps (FGSM: 1), caller in train mode.
-# TRADES: f(x) for the target probabilities, 3 KL steps (all eval), then the loss pass (train).
-# MART: 3 CE steps (eval), then the loss pass (train). PGD/FGSM: attack and loss in train mode.
+# TRADES: f(x) for the target probabilities, 3 KL steps (all eval), then separate clean and
+# adversarial loss passes (train), as in the reference code.
+# MART: 3 CE steps (eval), then the clean and adversarial loss passes (train). PGD/FGSM: all train.
 MODES = {
     "Standard": [True],
     "FGSM": [True, True],
     "PGD": [True] * 4,
-    "TRADES": [False] * 4 + [True],
-    "MART": [False] * 3 + [True],
+    "TRADES": [False] * 4 + [True, True],
+    "MART": [False] * 3 + [True, True],
 }
 
 
