@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-import os
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +34,7 @@ def recipes_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "recipes"
 
 
-def _lightning_cli(args: Sequence[str], run: bool = True) -> Any:
+def _lightning_cli(args: Sequence[str] | None, run: bool = True) -> Any:
     from lightning.pytorch.cli import LightningCLI
 
     from robust.data.base import RobustDataModule
@@ -44,7 +44,24 @@ def _lightning_cli(args: Sequence[str], run: bool = True) -> Any:
         """LightningCLI with the trainer defaults adversarial work needs (``inference_mode=False``)."""
 
         def add_arguments_to_parser(self, parser: Any) -> None:
-            parser.add_argument("--results", default=None, help="write the test metrics to this JSON file")
+            parser.add_argument("--results", default=None,
+                                help="validate/test: also write the metrics (and checkpoint path) to this JSON file")
+
+        def _write_results(self) -> None:
+            path = self.config[self.subcommand].get("results")
+            if not path:
+                return
+            metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
+            ckpt = self.config[self.subcommand].get("ckpt_path")
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(json.dumps({"metrics": metrics, "ckpt_path": ckpt}, indent=2) + "\n")
+            print(f"results written to {path}")
+
+        def after_validate(self) -> None:
+            self._write_results()
+
+        def after_test(self) -> None:
+            self._write_results()
 
     return RobustCLI(
         RobustClassifier,
@@ -53,20 +70,44 @@ def _lightning_cli(args: Sequence[str], run: bool = True) -> Any:
         trainer_defaults={"inference_mode": False},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
-        args=list(args),
+        args=None if args is None else list(args),
         run=run,
         parser_kwargs={"prog": "robust", "exit_on_error": True},
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``robust`` command; bad input ends with one line and exit status 2."""
+    from robust.data.base import DataFormatError, DataNotFoundError
+    from robust.module import CheckpointError
+    from robust.spec import SpecError
+
+    try:
+        return _main(argv)
+    except (DataNotFoundError, DataFormatError, CheckpointError, SpecError, FileNotFoundError) as exc:
+        print(f"robust: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"robust: error: {_first_reason(str(exc))}", file=sys.stderr)
+        return 2
+
+
+def _first_reason(message: str) -> str:
+    """The first concrete reason in a jsonargparse union error, else the whole message."""
+    reasons = [line.strip()[2:] for line in message.splitlines()
+               if line.strip().startswith("- ") and "Expected a <class 'NoneType'>" not in line]
+    return reasons[0] if reasons else message.strip().splitlines()[0]
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    from_python = argv is not None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2
     command = argv[0]
     if command in LIGHTNING_COMMANDS:
-        _lightning_cli(argv)
+        _lightning_cli(argv if from_python else None)
         return 0
     if command == "quickstart":
         from robust.quickstart import main as quickstart_main

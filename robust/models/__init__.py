@@ -2,13 +2,13 @@
 
 from robust.models.normalize import Normalize, with_normalize
 from robust.models.registry import create, list_models, register_model
-from robust.models.cnn import CNNLarge, CNNMedium, CNNSmall, SmallCNN
+from robust.models.cnn import CNNLarge, CNNMedium, CNNSmall, MadryCNN, SmallCNN
 from robust.models.preact_resnet import PreActResNet18
 from robust.models.resnet_cifar import CifarResNet, ResNet110
 from robust.models.wide_resnet import WideResNet
 
 __all__ = [
-    "CNNLarge", "CNNMedium", "CNNSmall", "CifarResNet", "Normalize", "PreActResNet18",
+    "CNNLarge", "CNNMedium", "CNNSmall", "MadryCNN", "CifarResNet", "Normalize", "PreActResNet18",
     "ResNet110", "SmallCNN", "WideResNet",
     "create", "list_models", "register_model", "with_normalize",
 ]

@@ -33,6 +33,23 @@ class _Sequential(Recorded, nn.Sequential):
             self.add_module(str(i), layer)
 
 
+class MadryCNN(_Sequential):
+    """The MNIST network of Madry et al. 2018: conv32 5x5, pool, conv64 5x5, pool, fc1024 (same padding)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+        super().__init__()
+        size = input_size // 4
+        if size < 1:
+            raise ValueError(f"input_size {input_size} is too small for MadryCNN")
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(64 * size * size, 1024), nn.ReLU(), nn.Linear(1024, num_classes),
+        ]
+        self._build(layers, mean, std)
+
+
 class SmallCNN(_Sequential):
     """Conv32-Conv32-Pool-Conv64-Conv64-Pool-FC200-FC200 (3x3 convs, no padding on 28x28;
     padding 1 on inputs smaller than 16 pixels so that 8x8 digits keep a spatial map)."""
@@ -120,6 +137,7 @@ class CNNLarge(_Sequential):
         self._build(_ibp_cnn(convs, [512], num_classes, in_channels, input_size), mean, std)
 
 
+register_model("madry_cnn")(MadryCNN)
 register_model("small_cnn")(SmallCNN)
 register_model("cnn_small")(CNNSmall)
 register_model("cnn_medium")(CNNMedium)
