@@ -1,0 +1,91 @@
+"""scripts/bench_training.py runs end to end and reports well-formed, correct numbers.
+
+Structure and correctness only: timing ratios depend on the machine, so none is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import runpy
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_training.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> dict:
+    return runpy.run_path(str(SCRIPT), run_name="bench_training")
+
+
+@pytest.fixture(scope="module")
+def results(bench: dict, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    argv = ["--quick", "--batch", "8", "--repeats", "2", "--warmup", "1", "--steps", "3",
+            "--train-steps", "3", "--eval-examples", "16", "--threads", "1", "--json", str(path)]
+    threads = torch.get_num_threads()
+    try:
+        returned = bench["main"](argv)
+    finally:
+        torch.set_num_threads(threads)  # the script sets the process-wide thread count
+    return returned, json.loads(path.read_text())
+
+
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def test_json_matches_returned_results(results: tuple[dict, dict]) -> None:
+    returned, written = results
+    assert written == json.loads(json.dumps(returned))
+    assert set(written) == {"machine", "versions", "config", "randomness", "attack", "training_step"}
+    assert set(written["versions"]) == {"python", "torch", "torchattacks", "robust"}
+    assert written["config"]["model"] == "cnn_small" and written["config"]["batch"] == 8
+    assert written["config"]["input"] == [1, 28, 28]
+
+
+def test_attack_section(results: tuple[dict, dict]) -> None:
+    attack = results[1]["attack"]
+    # The attack comparison uses the first --steps value, step 2.5 * eps / k (Madry et al.).
+    assert attack["steps"] == 3 and attack["eps"] == 0.3
+    assert attack["step_size"] == pytest.approx(2.5 * 0.3 / 3)
+    for key in ("ours_ms", "ours_min_ms", "torchattacks_ms", "torchattacks_min_ms",
+                "ours_images_per_s", "torchattacks_images_per_s", "speedup"):
+        assert _positive(attack[key]), key
+    # images/s is the batch divided by the median time.
+    assert attack["ours_images_per_s"] == pytest.approx(8 / (attack["ours_ms"] / 1e3))
+    acc = attack["robust_accuracy"]
+    assert acc["n"] == 16
+    for key in ("clean", "ours", "torchattacks"):
+        assert 0.0 <= acc[key] <= 1.0, key
+    assert 1 <= acc["training"]["steps"] <= 3
+
+
+def test_training_step_rows_and_floor(results: tuple[dict, dict]) -> None:
+    rows = {r["method"]: r for r in results[1]["training_step"]}
+    assert list(rows) == ["Standard", "FGSM-RS", "PGD-3"]
+    # Floor (2k + 3) / 3 standard steps: k attack steps of ~2 passes plus a 3-pass step.
+    expected = {"Standard": (0, 1.0), "FGSM-RS": (1, 5 / 3), "PGD-3": (3, 3.0)}
+    for name, (k, floor) in expected.items():
+        row = rows[name]
+        assert row["k"] == k
+        assert row["floor"] == pytest.approx(floor)
+        assert row["min_ms"] <= row["ms"]
+        for key in ("ms", "min_ms", "images_per_s", "cost", "cost_over_floor"):
+            assert _positive(row[key]), (name, key)
+        assert row["cost_over_floor"] == pytest.approx(row["cost"] / floor)
+    assert rows["Standard"]["cost"] == pytest.approx(1.0)  # each paired ratio with itself is 1
+
+
+def test_floor_ratio_formula(bench: dict) -> None:
+    assert bench["floor_ratio"](10) == pytest.approx(23 / 3)
+    assert bench["floor_ratio"](1) == pytest.approx(5 / 3)
+
+
+def test_fresh_randomness_reported(results: tuple[dict, dict]) -> None:
+    randomness = results[1]["randomness"]
+    assert randomness["fresh"] is True
+    assert 0.0 < randomness["fraction_pixels_differ"] <= 1.0
