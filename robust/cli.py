@@ -21,7 +21,7 @@ Harden PyTorch image classifiers against adversarial perturbations and measure h
 commands:
   quickstart   train PGD and standard models on the embedded digits data and measure them
                under torchattacks' PGD-50 on the held-out test split (no download needed)
-  fit          train from a recipe:         robust fit --config recipes/digits/pgd_smallcnn.yaml
+  fit          train from a recipe:         robust fit --config recipes/digits/pgd_cnnmedium.yaml
   validate     validate a checkpoint:       robust validate --config RECIPE --ckpt_path CKPT
   test         test a checkpoint:           robust test --config RECIPE --ckpt_path CKPT
 

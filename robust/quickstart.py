@@ -1,7 +1,7 @@
 """``robust quickstart``: adversarial training visibly helps, measured honestly, in minutes on a CPU.
 
-Trains the ``digits/pgd_smallcnn`` recipe (PGD adversarial training at L-inf
-eps = 0.2) and the ``digits/standard_smallcnn`` recipe on scikit-learn's digits,
+Trains the ``digits/pgd_cnnmedium`` recipe (PGD adversarial training at L-inf
+eps = 0.2) and the ``digits/standard_cnnmedium`` recipe on scikit-learn's digits,
 picks each checkpoint by *validation* PGD accuracy, and measures clean and robust
 accuracy on the held-out *test* split under torchattacks' PGD-50 (step eps/10,
 random start), an attack independent of the one used in training.
@@ -18,7 +18,7 @@ from typing import Any
 
 from scipy.stats import binomtest
 
-RECIPES = {"pgd": "digits/pgd_smallcnn.yaml", "standard": "digits/standard_smallcnn.yaml"}
+RECIPES = {"pgd": "digits/pgd_cnnmedium.yaml", "standard": "digits/standard_cnnmedium.yaml"}
 
 
 def clopper_pearson(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
