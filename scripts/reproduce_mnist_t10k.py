@@ -5,13 +5,13 @@ first 8,000 images for training -- 7,000 train + 1,000 validation to pick the ch
 and the last 2,000 held out). Published MNIST figures (Madry et al. 89% PGD at eps 0.3;
 TRADES 92.5%) were trained on all 60,000 training images; numbers here say "mnist-t10k split".
 
-Runs ``recipes/mnist/pgd_smallcnn_t10k_cpu.yaml`` (or ``--recipe``), then measures the best
+Runs ``recipes/mnist/pgd_cnnsmall_t10k_cpu.yaml`` (or ``--recipe``), then measures the best
 checkpoint on the held-out 2,000 images with torchattacks, independent of our training PGD:
 PGD-50 (step 0.01, random start) and the AutoAttack pair APGD-CE followed by APGD-T
 (100 iterations each, 9 target classes, fixed seed), an example counting as robust only if it
 survives every attack. Prints the figures, the training time, and writes a JSON record.
 
-    python scripts/reproduce_mnist_t10k.py [--recipe PATH] [--out runs/mnist_t10k] [--max-epochs N]
+    python scripts/reproduce_mnist_t10k.py [--recipe PATH] [--out runs/mnist_t10k] [--max-epochs N] [LightningCLI options]
 """
 
 from __future__ import annotations
@@ -52,13 +52,13 @@ def survives(attack_fn, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", default=str(REPO / "recipes/mnist/pgd_smallcnn_t10k_cpu.yaml"))
+    parser.add_argument("--recipe", default=str(REPO / "recipes/mnist/pgd_cnnsmall_t10k_cpu.yaml"))
     parser.add_argument("--root", default=None, help="folder with t10k-*-ubyte.gz (default ../shared/data/mnist-t10k)")
     parser.add_argument("--out", default="runs/mnist_t10k")
     parser.add_argument("--max-epochs", type=int, default=None)
     parser.add_argument("--ckpt", default=None, help="skip training: measure this checkpoint")
     parser.add_argument("--batch", type=int, default=500, help="attack batch size")
-    args = parser.parse_args(argv)
+    args, overrides = parser.parse_known_args(argv)
     root = args.root or default_mnist_t10k_root()
     if root is None:
         parser.error("../shared/data/mnist-t10k not found; pass --root DIR holding t10k-images-idx3-ubyte.gz")
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "--trainer.logger.init_args.save_dir", str(out)]
     if args.max_epochs:
         cli_args += ["--trainer.max_epochs", str(args.max_epochs)]
+    cli_args += overrides  # any further LightningCLI option, e.g. --model.lr 5e-4
     cli = _lightning_cli(cli_args, run=False)
     fit_seconds = None
     ckpt = args.ckpt

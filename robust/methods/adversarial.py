@@ -114,15 +114,8 @@ def _kl_sum(adv_logits: torch.Tensor, nat_probs: torch.Tensor) -> torch.Tensor:
     return F.kl_div(F.log_softmax(adv_logits, dim=1), nat_probs, reduction="sum")
 
 
-class TRADES(_Attacking):
-    """TRADES (Zhang et al. 2019): ``CE(f(x), y) + beta * KL(f(x) || f(x'))``.
-
-    The inner maximisation ascends the KL divergence from ``x + 0.001 * N(0, 1)``
-    with the model in eval mode; clean and adversarial logits come from separate
-    forward passes, as in the reference code. Published settings:
-    CIFAR-10 ``beta=6, eps=0.031, steps=10, step_size=0.007``; MNIST ``beta=1,
-    eps=0.3, steps=40, step_size=0.01``. Default step size ``2.5 * eps / steps``.
-    """
+class _Regularised(_Attacking):
+    """A clean term plus ``beta`` times a robustness regulariser, attack crafted in eval mode."""
 
     attack_mode = "eval"
 
@@ -142,8 +135,22 @@ class TRADES(_Attacking):
         self.steps = _steps(steps)
         self.step_size = _step(step_size, "step_size")
 
+    def _alpha(self, eps: float) -> float:
+        return 2.5 * eps / self.steps if self.step_size is None else self.step_size * self.eps_scale
+
+
+class TRADES(_Regularised):
+    """TRADES (Zhang et al. 2019): ``CE(f(x), y) + beta * KL(f(x) || f(x'))``.
+
+    The inner maximisation ascends the KL divergence from ``x + 0.001 * N(0, 1)``
+    with the model in eval mode; clean and adversarial logits come from separate
+    forward passes, as in the reference code. Published settings:
+    CIFAR-10 ``beta=6, eps=0.031, steps=10, step_size=0.007``; MNIST ``beta=1,
+    eps=0.3, steps=40, step_size=0.01``. Default step size ``2.5 * eps / steps``.
+    """
+
     def _attack(self, model: nn.Module, x: torch.Tensor, eps: float) -> torch.Tensor:
-        alpha = 2.5 * eps / self.steps if self.step_size is None else self.step_size * self.eps_scale
+        alpha = self._alpha(eps)
         with torch.no_grad():
             nat_probs = F.softmax(model(x), dim=1)
         start = x + 0.001 * torch.randn_like(x)
@@ -161,7 +168,7 @@ class TRADES(_Attacking):
         return loss, logs
 
 
-class MART(_Attacking):
+class MART(_Regularised):
     """MART (Wang et al. 2020): boosted CE on x' plus ``beta * KL(f(x)||f(x')) * (1 - p_y(x))``.
 
     The boosted CE adds ``-log(1 - max_{k != y} p_k(x'))`` to the cross-entropy,
@@ -171,28 +178,10 @@ class MART(_Attacking):
     ``eps=8/255``, 10 steps of ``2/255``.
     """
 
-    attack_mode = "eval"
-
-    def __init__(
-        self,
-        threat: ThreatModel,
-        beta: float = 6.0,
-        steps: int = 10,
-        step_size: Eps | None = None,
-        warmup: float = 0,
-        warmup_unit: WarmupUnit = "epochs",
-    ) -> None:
-        super().__init__(threat, warmup, warmup_unit)
-        if not math.isfinite(beta) or beta < 0:
-            raise ValueError(f"beta must be a finite number >= 0, got {beta}")
-        self.beta = float(beta)
-        self.steps = _steps(steps)
-        self.step_size = _step(step_size, "step_size")
-
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         eps = self.current_eps
         if eps > 0:
-            alpha = 2.5 * eps / self.steps if self.step_size is None else self.step_size * self.eps_scale
+            alpha = self._alpha(eps)
             start = x + 0.001 * torch.randn_like(x)
             x_adv = self._craft(model, lambda: pgd(model, x, y, self.threat, self.steps, alpha, eps=eps, start=start))
         else:

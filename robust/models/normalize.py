@@ -43,3 +43,10 @@ def with_normalize(body: nn.Module, mean: Sequence[float] | None, std: Sequence[
     if mean is None or std is None:
         raise ValueError("give both mean and std, or neither")
     return nn.Sequential(Normalize(mean, std), body)
+
+
+def input_layer(mean: Sequence[float] | None, std: Sequence[float] | None) -> nn.Module:
+    """``Normalize(mean, std)`` when both are given, else ``nn.Identity()`` (keeps state_dict keys stable)."""
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std, or neither")
+    return nn.Identity() if mean is None else Normalize(mean, std)

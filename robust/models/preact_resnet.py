@@ -19,15 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust.models.normalize import Normalize
+from robust.models.normalize import input_layer
 from robust.models.registry import register_model
 from robust.spec import Recorded
 
-
-def _input_layer(mean: Sequence[float] | None, std: Sequence[float] | None) -> nn.Module:
-    if (mean is None) != (std is None):
-        raise ValueError("give both mean and std, or neither")
-    return nn.Identity() if mean is None else Normalize(mean, std)
 
 
 class PreActBlock(nn.Module):
@@ -62,7 +57,7 @@ class PreActResNet18(Recorded, nn.Module):
         std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        self.normalize = _input_layer(mean, std)
+        self.normalize = input_layer(mean, std)
         self.conv1 = nn.Conv2d(in_channels, 64, 3, padding=1, bias=False)
         in_planes = 64
         for i, planes in enumerate((64, 128, 256, 512), start=1):

@@ -21,15 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust.models.normalize import Normalize
+from robust.models.normalize import input_layer
 from robust.models.registry import register_model
 from robust.spec import Recorded
 
-
-def _input_layer(mean: Sequence[float] | None, std: Sequence[float] | None) -> nn.Module:
-    if (mean is None) != (std is None):
-        raise ValueError("give both mean and std, or neither")
-    return nn.Identity() if mean is None else Normalize(mean, std)
 
 
 class BasicBlock(nn.Module):
@@ -69,7 +64,7 @@ class CifarResNet(Recorded, nn.Module):
         if not isinstance(depth, int) or isinstance(depth, bool) or depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CifarResNet depth must be 6n + 2 with n >= 1 (e.g. 20, 56, 110), got {depth!r}")
         n = (depth - 2) // 6
-        self.normalize = _input_layer(mean, std)
+        self.normalize = input_layer(mean, std)
         self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         inplanes = 16

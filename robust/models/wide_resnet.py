@@ -21,15 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust.models.normalize import Normalize
+from robust.models.normalize import input_layer
 from robust.models.registry import register_model
 from robust.spec import Recorded
 
-
-def _input_layer(mean: Sequence[float] | None, std: Sequence[float] | None) -> nn.Module:
-    if (mean is None) != (std is None):
-        raise ValueError("give both mean and std, or neither")
-    return nn.Identity() if mean is None else Normalize(mean, std)
 
 
 class BasicBlock(nn.Module):
@@ -90,7 +85,7 @@ class WideResNet(Recorded, nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         n = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
-        self.normalize = _input_layer(mean, std)
+        self.normalize = input_layer(mean, std)
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         self.block1 = NetworkBlock(n, widths[0], widths[1], 1, dropout)
         self.block2 = NetworkBlock(n, widths[1], widths[2], 2, dropout)
