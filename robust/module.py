@@ -52,6 +52,26 @@ def _resolve(value: Any, field: str) -> tuple[Any, Any]:
     return value, None
 
 
+def _spec_from_cli(field: str) -> Any:
+    """The allowlisted ``class_path`` spec LightningCLI was given for ``field``, if any.
+
+    A ``torchvision.models.resnet18`` named in a recipe is not a ``Recorded`` object, but its
+    config is a spec that can be rebuilt; LightningCLI exposes it while it builds the module.
+    """
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # pragma: no cover - other Lightning versions
+        return None
+    value = (_given_hyperparameters.get() or {}).get(field)
+    if not specs.is_spec(value):
+        return None
+    try:
+        specs.check_allowed(value["class_path"])
+    except specs.SpecError:
+        return None
+    return copy.deepcopy(value)
+
+
 class RobustClassifier(pl.LightningModule):
     """Wrap ``model`` with a training ``method``, optimiser, LR schedule and robust metrics.
 
@@ -101,6 +121,8 @@ class RobustClassifier(pl.LightningModule):
                 "spec; pass it back with RobustClassifier.load_from_checkpoint(path, model=YourModel(...))"
             )
         self.model, model_spec = _resolve(model, "model")
+        if model_spec is None:
+            model_spec = _spec_from_cli("model")
         if not isinstance(self.model, nn.Module):
             raise ValueError(f"model must be an nn.Module (or its spec), got {type(self.model).__name__}")
         method = Standard() if method is None else method
