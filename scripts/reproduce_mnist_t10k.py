@@ -5,7 +5,7 @@ first 8,000 images for training -- 7,000 train + 1,000 validation to pick the ch
 and the last 2,000 held out). Published MNIST figures (Madry et al. 89% PGD at eps 0.3;
 TRADES 92.5%) were trained on all 60,000 training images; numbers here say "mnist-t10k split".
 
-Runs ``recipes/mnist/pgd_cnnsmall_t10k_cpu.yaml`` (or ``--recipe``), then measures the best
+Runs ``recipes/mnist/pgd_cnnmedium_t10k_cpu.yaml`` (or ``--recipe``), then measures the best
 checkpoint on the held-out 2,000 images with torchattacks, independent of our training PGD:
 PGD-50 (step 0.01, random start) and the AutoAttack pair APGD-CE followed by APGD-T
 (100 iterations each, 9 target classes, fixed seed), an example counting as robust only if it
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torchattacks
+from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -36,13 +37,14 @@ from robust.module import RobustClassifier  # noqa: E402
 from robust.quickstart import clopper_pearson  # noqa: E402
 
 
-def survives(attack_fn, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, seed: int) -> torch.Tensor:
+def survives(attack_fn, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, seed: int,
+             name: str = "attack") -> torch.Tensor:
     """Per-example bool: still correct on ``attack_fn(model)``'s adversarial examples."""
     out = torch.zeros(len(x), dtype=torch.bool)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         attack = attack_fn(model)
-        for i in range(0, len(x), batch):
+        for i in tqdm(range(0, len(x), batch), desc=name, unit="batch"):
             xb, yb = x[i:i + batch], y[i:i + batch]
             adv = attack(xb, yb)
             with torch.no_grad():
@@ -52,7 +54,7 @@ def survives(attack_fn, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", default=str(REPO / "recipes/mnist/pgd_cnnsmall_t10k_cpu.yaml"))
+    parser.add_argument("--recipe", default=str(REPO / "recipes/mnist/pgd_cnnmedium_t10k_cpu.yaml"))
     parser.add_argument("--root", default=None, help="folder with t10k-*-ubyte.gz (default ../shared/data/mnist-t10k)")
     parser.add_argument("--out", default="runs/mnist_t10k")
     parser.add_argument("--max-epochs", type=int, default=None)
@@ -87,14 +89,15 @@ def main(argv: list[str] | None = None) -> dict:
         clean = torch.cat([model(x[i:i + args.batch]).argmax(1) for i in range(0, len(x), args.batch)]) == y
     start = time.perf_counter()
     pgd = clean & survives(lambda m: torchattacks.PGD(m, eps=eps, alpha=0.01, steps=50, random_start=True),
-                           model, x, y, args.batch, seed=0)
+                           model, x, y, args.batch, seed=0, name="PGD-50")
     apgd_ce = clean & survives(lambda m: torchattacks.APGD(m, norm="Linf", eps=eps, steps=100, n_restarts=1,
-                                                           loss="ce", seed=0), model, x, y, args.batch, seed=0)
+                                                           loss="ce", seed=0), model, x, y, args.batch, seed=0, name="APGD-CE")
     idx = apgd_ce.nonzero().flatten()
     apgd_t = apgd_ce.clone()
     if len(idx):
         apgd_t[idx] = survives(lambda m: torchattacks.APGDT(m, norm="Linf", eps=eps, steps=100, n_restarts=1,
-                                                            n_classes=10, seed=0), model, x[idx], y[idx], args.batch, seed=1)
+                                                            n_classes=10, seed=0), model, x[idx], y[idx], args.batch, seed=1,
+                               name="APGD-T")
     attack_seconds = time.perf_counter() - start
     n = len(y)
     worst = apgd_t & pgd
