@@ -214,7 +214,7 @@ class RobustClassifier(pl.LightningModule):
         return loss
 
     # --- evaluation -----------------------------------------------------------------
-    def _eval_batch(self, batch: Any, stage: str) -> None:
+    def _eval_batch(self, batch: Any, batch_idx: int, stage: str) -> None:
         x, y = batch
         with torch.inference_mode(False), torch.enable_grad():
             x, y = x.clone(), y.clone()
@@ -233,22 +233,17 @@ class RobustClassifier(pl.LightningModule):
                 robust = pgd_robust_correct(
                     self.model, x, y, self.eval_threat, steps=self.hparams.test_attack_steps,
                     step_size=self.hparams.test_attack_step_size, restarts=self.hparams.test_attack_restarts,
-                    seed=self.hparams.seed + 1000 * int(getattr(self, "_eval_batch_counter", 0)),
+                    seed=self.hparams.seed + 1000 * batch_idx,
                 )
-                self._eval_batch_counter = getattr(self, "_eval_batch_counter", 0) + 1
             self.log(f"{stage}/robust_acc", (robust & clean).float().mean(), prog_bar=True, batch_size=len(y))
 
     @override
-    def on_test_epoch_start(self) -> None:
-        self._eval_batch_counter = 0
-
-    @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_batch(batch, "val")
+        self._eval_batch(batch, batch_idx, "val")
 
     @override
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_batch(batch, "test")
+        self._eval_batch(batch, batch_idx, "test")
 
     # --- optimisation ------------------------------------------------------------
     @override
@@ -284,10 +279,9 @@ class RobustClassifier(pl.LightningModule):
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["robust"] = {"format": 1, "method_eps_scale": float(self.method.eps_scale)}
+        checkpoint["robust"] = {"format": 1}
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "robust" not in checkpoint:
             raise CheckpointError("not a robust checkpoint: it has no 'robust' section (was it written by RobustClassifier?)")
-        self.method.eps_scale = float(checkpoint["robust"].get("method_eps_scale", 1.0))
