@@ -16,17 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scipy.stats import binomtest
+from robust.evaluation.stats import clopper_pearson
+
 
 RECIPES = {"pgd": "digits/pgd_cnnmedium.yaml", "standard": "digits/standard_cnnmedium.yaml"}
-
-
-def clopper_pearson(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Exact two-sided binomial interval for an accuracy of ``correct / n``."""
-    if n == 0:
-        return 0.0, 1.0
-    ci = binomtest(correct, n).proportion_ci(confidence_level=confidence, method="exact")
-    return float(ci.low), float(ci.high)
 
 
 def run_recipe(recipe: Path, out: Path, epochs: int | None, progress: bool) -> dict[str, Any]:

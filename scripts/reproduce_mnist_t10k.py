@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from robust.cli import _lightning_cli  # noqa: E402
 from robust.data import default_mnist_t10k_root  # noqa: E402
 from robust.module import RobustClassifier  # noqa: E402
-from robust.quickstart import clopper_pearson  # noqa: E402
+from robust.evaluation.stats import clopper_pearson  # noqa: E402
 
 
 def survives(attack_fn, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, seed: int,
