@@ -27,7 +27,7 @@ from torch import nn
 from typing_extensions import override
 
 from robust import spec as specs
-from robust.attacks.evaluation import pgd_robust_correct
+from robust.attacks.evaluation import build_attack, pgd_robust_correct
 from robust.attacks.training import pgd
 from robust.methods import Method, Standard
 from robust.threat import Eps, ThreatModel
@@ -86,6 +86,10 @@ class RobustClassifier(pl.LightningModule):
             ``milestones``); ``cosine`` (per step to 0); ``onecycle`` (linear up to ``lr`` over the
             first ``pct_start`` of training, then linear down to 0: the cyclic schedule of Wong et al. 2020).
         val_attack_steps: steps of our PGD for validation robust accuracy (step ``2.5 eps / steps``).
+        val_eval_attack: a registry attack (``robust.attacks.evaluation.list_attacks()``, e.g.
+            ``apgd-ce`` or ``autoattack``) also run at every validation on the first
+            ``val_eval_examples`` validation examples (a fixed subset: validation loaders do not
+            shuffle); logged as ``val/<attack>_acc``. ``val_eval_options`` override its settings.
         test_attack_steps / test_attack_restarts / test_attack_step_size: torchattacks' PGD in
             the test loop (step default ``eps / 10``).
         ema_decay: keep an exponential moving average of the weights (Lightning's
@@ -108,6 +112,9 @@ class RobustClassifier(pl.LightningModule):
         gamma: float = 0.1,
         pct_start: float = 0.4,
         val_attack_steps: int = 10,
+        val_eval_attack: str | None = None,
+        val_eval_examples: int = 256,
+        val_eval_options: dict[str, Any] | None = None,
         test_attack_steps: int = 50,
         test_attack_restarts: int = 1,
         test_attack_step_size: Eps | None = None,
@@ -145,6 +152,12 @@ class RobustClassifier(pl.LightningModule):
                             ("test_attack_restarts", test_attack_restarts)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if val_eval_attack is not None:
+            if self.eval_threat is None:
+                raise ValueError("val_eval_attack needs a threat model: give eval_threat or a method that has one")
+            if int(val_eval_examples) < 1:
+                raise ValueError(f"val_eval_examples must be >= 1, got {val_eval_examples}")
+            build_attack(val_eval_attack, self.eval_threat, 10, **(val_eval_options or {}))  # fail early
         self.save_hyperparameters(
             {
                 "model": model_spec,
@@ -160,6 +173,9 @@ class RobustClassifier(pl.LightningModule):
                 "gamma": float(gamma),
                 "pct_start": float(pct_start),
                 "val_attack_steps": int(val_attack_steps),
+                "val_eval_attack": val_eval_attack,
+                "val_eval_examples": int(val_eval_examples),
+                "val_eval_options": dict(val_eval_options or {}),
                 "test_attack_steps": int(test_attack_steps),
                 "test_attack_restarts": int(test_attack_restarts),
                 "test_attack_step_size": None if test_attack_step_size is None else float(test_attack_step_size),
@@ -236,6 +252,26 @@ class RobustClassifier(pl.LightningModule):
                     seed=self.hparams.seed + 1000 * batch_idx,
                 )
             self.log(f"{stage}/robust_acc", (robust & clean).float().mean(), prog_bar=True, batch_size=len(y))
+            if stage == "val" and self.hparams.get("val_eval_attack"):
+                self._registry_attack(x, y, logits.shape[1])
+
+    def _registry_attack(self, x: torch.Tensor, y: torch.Tensor, n_classes: int) -> None:
+        """Run the configured registry attack on the part of this batch inside the fixed validation subset."""
+        if self.trainer.sanity_checking:
+            return
+        left = self.hparams.val_eval_examples - self._val_eval_seen
+        if left <= 0:
+            return
+        x, y = x[:left], y[:left]
+        name = self.hparams.val_eval_attack
+        attack = build_attack(name, self.eval_threat, n_classes, **self.hparams.val_eval_options)
+        robust = attack.run(self.model, x, y, seed=self.hparams.seed + self._val_eval_seen).robust
+        self._val_eval_seen += len(y)
+        self.log(f"val/{name}_acc", robust.float().mean(), batch_size=len(y))
+
+    @override
+    def on_validation_epoch_start(self) -> None:
+        self._val_eval_seen = 0
 
     @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:

@@ -170,7 +170,10 @@ def test_non_finite_loss_stops_with_step_and_cause(digits, tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [({"optimizer": "rmsprop"}, "optimizer"), ({"scheduler": "linear"}, "scheduler"), ({"lr": 0}, "lr"),
-     ({"ema_decay": 1.5}, "ema_decay"), ({"val_attack_steps": 0}, "val_attack_steps")],
+     ({"ema_decay": 1.5}, "ema_decay"), ({"val_attack_steps": 0}, "val_attack_steps"),
+     ({"val_eval_attack": "pgd100", "eval_threat": EPS}, "unknown attack 'pgd100'"),
+     ({"val_eval_attack": "pgd"}, "val_eval_attack needs a threat model"),
+     ({"val_eval_attack": "pgd", "eval_threat": EPS, "val_eval_examples": 0}, "val_eval_examples")],
 )
 def test_invalid_settings_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
@@ -227,3 +230,25 @@ def test_catastrophic_overfitting_rolls_back_and_stops():
     assert guard.collapsed_epoch == 2 and guard.best_epoch == 1
     assert trainer.current_epoch == 3  # stopped after the third epoch instead of running five
     assert float(module.w) == 1.0
+
+
+def test_validation_runs_a_registry_attack_on_a_fixed_subset(fitted, digits):
+    # APGD-CE (5 steps) on the first 40 validation images; the same 40 at every validation.
+    model, _, _ = fitted
+    model.hparams.val_eval_attack, model.hparams.val_eval_examples = "apgd-ce", 40
+    model.hparams.val_eval_options = {"steps": 5}
+    try:
+        trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, inference_mode=False,
+                             enable_model_summary=False)
+        (first,) = trainer.validate(model, datamodule=digits, verbose=False)
+        assert model._val_eval_seen == 40
+        (second,) = trainer.validate(model, datamodule=digits, verbose=False)
+    finally:
+        model.hparams.val_eval_attack = None
+    assert first["val/apgd-ce_acc"] == second["val/apgd-ce_acc"]  # fixed subset, seeded attack
+    x, y = digits.val_tensors()
+    from robust.attacks.evaluation import build_attack
+
+    direct = build_attack("apgd-ce", model.eval_threat, 10, steps=5).run(model.model.eval(), x[:40], y[:40], seed=0)
+    assert first["val/apgd-ce_acc"] == pytest.approx(float(direct.robust.float().mean()))
+    assert first["val/apgd-ce_acc"] <= first["val/clean_acc"] + 0.1
