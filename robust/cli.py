@@ -24,6 +24,8 @@ commands:
   fit          train from a recipe:         robust fit --config recipes/digits/pgd_cnnmedium.yaml
   validate     validate a checkpoint:       robust validate --config RECIPE --ckpt_path CKPT
   test         test a checkpoint:           robust test --config RECIPE --ckpt_path CKPT
+  evaluate     measure a checkpoint (AutoAttack, RobustBench protocol, gradient-masking audit,
+               eps sweep, corruptions, patch, spatial): robust evaluate --checkpoint CKPT --data digits
 
 Run `robust <command> --help` for the options of a command.
 """
@@ -79,12 +81,14 @@ def _lightning_cli(args: Sequence[str] | None, run: bool = True) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``robust`` command; bad input ends with one line and exit status 2."""
     from robust.data.base import DataFormatError, DataNotFoundError
+    from robust.evaluation.core import EvaluationStateError
     from robust.module import CheckpointError
     from robust.spec import SpecError
 
     try:
         return _main(argv)
-    except (DataNotFoundError, DataFormatError, CheckpointError, SpecError, FileNotFoundError) as exc:
+    except (DataNotFoundError, DataFormatError, CheckpointError, SpecError, FileNotFoundError,
+            EvaluationStateError) as exc:
         print(f"robust: error: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:
@@ -109,6 +113,10 @@ def _main(argv: Sequence[str] | None) -> int:
     if command in LIGHTNING_COMMANDS:
         _lightning_cli(argv if from_python else None)
         return 0
+    if command == "evaluate":
+        from robust.evaluate_cli import run
+
+        return run(argv[1:])
     if command == "quickstart":
         from robust.quickstart import main as quickstart_main
 
