@@ -89,3 +89,15 @@ def test_fresh_randomness_reported(results: tuple[dict, dict]) -> None:
     randomness = results[1]["randomness"]
     assert randomness["fresh"] is True
     assert 0.0 < randomness["fraction_pixels_differ"] <= 1.0
+
+
+def test_autoattack_benchmark_compares_both_on_the_same_examples(tmp_path, capsys):
+    # A briefly trained model on 40 digits: ours must be at least as strong (exit status 0).
+    bench = runpy.run_path(str(SCRIPT.parent / "bench_autoattack.py"), run_name="bench_autoattack")
+    path = tmp_path / "aa.json"
+    assert bench["main"](["--epochs", "2", "--n-examples", "40", "--batch-size", "40", "--json", str(path)]) == 0
+    out = json.loads(path.read_text())
+    assert out["ours"]["n"] == out["torchattacks"]["n"] == 40
+    assert out["ours"]["accuracy"] <= out["torchattacks"]["accuracy"]
+    assert _positive(out["ours_seconds"]) and _positive(out["torchattacks_seconds"])
+    assert "time ratio ours / torchattacks" in capsys.readouterr().out

@@ -5,6 +5,7 @@ test accuracy and 41% under PGD at L-inf eps 0.1 when this file was written).
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -357,3 +358,16 @@ def test_dataloader_input_takes_first_n_examples(model, data):
     a = evaluate(model, loader, LINF, attacks=("fgsm",), n_examples=100, audit=False, **QUIET)
     b = evaluate(model, (data[0][:100], data[1][:100]), LINF, attacks=("fgsm",), audit=False, **QUIET)
     assert a.n_examples == 100 and _strip_times(a.to_dict()) == _strip_times(b.to_dict())
+
+
+@pytest.mark.gpu
+def test_evaluation_on_cuda_agrees_with_cpu(model, data):
+    # Same seeds, different kernels: attacks may diverge on a few examples, never by much.
+    kw = dict(attacks=("pgd", "apgd-ce"), batch_size=150, **QUIET)
+    cpu = evaluate(model, data, LINF, **kw)
+    cuda_model = copy.deepcopy(model).cuda()
+    gpu = evaluate(cuda_model, (data[0].cuda(), data[1].cuda()), LINF, **kw)
+    assert gpu.clean == cpu.clean
+    assert abs(gpu.robust_accuracy - cpu.robust_accuracy) <= 0.02
+    assert not gpu.unreliable, gpu.audit["flags"]  # cuDNN nondeterminism stays under the audit's tolerance
+    assert gpu.protocol["device"] == torch.cuda.get_device_name(0)

@@ -115,7 +115,7 @@ def collect(data: Any, n_examples: int | None = None) -> tuple[torch.Tensor, tor
     if n_examples is not None:
         x, y = x[:n_examples], y[:n_examples]
     check_images(x, y)
-    return x, y
+    return x.detach().cpu(), y.detach().cpu()  # batches move to the model's device one at a time
 
 
 def _fingerprint(*tensors: torch.Tensor) -> str:
