@@ -40,7 +40,7 @@ def checkpoint(tmp_path_factory, digits):
 def test_evaluate_writes_report_plots_and_markdown(checkpoint, tmp_path, capsys):
     out = tmp_path / "eval"
     rc = main(["evaluate", "--checkpoint", str(checkpoint), "--data", "digits", *FAST, "--sweep", "0.05,0.2",
-               "--patch", "0.05", "--spatial", "--out", str(out)])
+               "--patch", "0.05", "--spatial", "--corruptions", "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
     assert report["threat"] == {"kind": "linf", "norm": "linf", "eps": 0.1, "eps_str": "0.1"}  # from the checkpoint
@@ -51,8 +51,12 @@ def test_evaluate_writes_report_plots_and_markdown(checkpoint, tmp_path, capsys)
     assert set(report["physical"]) == {"patch", "spatial"}
     assert report["physical"]["spatial"]["threat"]["grid_points"] == 31 * 49
     assert report["protocol"]["checkpoint"]["sha256"] and "Digits" in report["protocol"]["data"]
+    corr = report["corruptions"]
+    assert len(corr["per_corruption"]) == 15 and corr["n_examples"] == 60
+    assert 0 < corr["mean_corruption_accuracy"] < corr["clean"]["accuracy"]
     md = (out / "report.md").read_text()
-    for png in ("eps_sweep.png", "per_class.png"):
+    assert "Common corruptions" in md
+    for png in ("eps_sweep.png", "per_class.png", "corruptions.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png in md
     assert not (out / "evaluate_state.pt").exists()  # removed once the report is complete
     stdout = capsys.readouterr().out

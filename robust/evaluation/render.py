@@ -39,8 +39,15 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.2f}%"
 
 
+def _acc(value: Mapping | float) -> float:
+    """An accuracy given as a record or as a bare fraction (the corruption mean is one)."""
+    return float(value["accuracy"]) if isinstance(value, Mapping) else float(value)
+
+
 def fmt_accuracy(record: Mapping | None, fallback: float | None = None) -> str:
     """``"64.33% [58.61, 69.77] (193/300)"``; just the percentage when only ``fallback`` is known."""
+    if isinstance(record, (int, float)) and not isinstance(record, bool):
+        return _pct(float(record))
     if not record:
         return _pct(fallback)
     text = _pct(record.get("accuracy"))
@@ -294,7 +301,7 @@ def plot_corruptions(corr: dict, path: str | os.PathLike, title: str | None = No
     head = f"clean {_pct(clean['accuracy'])}" if clean else ""
     mca = corr.get("mean_corruption_accuracy")
     if mca:
-        head += (", " if head else "") + f"mean corruption {_pct(mca['accuracy'])}"
+        head += (", " if head else "") + f"mean corruption {_pct(_acc(mca))}"
     ax.set_title(title or f"Accuracy under common corruptions ({head or 'no reference'})", fontsize=10)
     return _save(fig, path)
 
@@ -561,7 +568,7 @@ def log_to_wandb(report: dict, run, images: dict[str, Path] | None = None) -> No
             summary["eval/zero_gradient_share"] = audit["zero_gradient_share"]
     mca = (report.get("corruptions") or {}).get("mean_corruption_accuracy")
     if mca:
-        summary["eval/mean_corruption_accuracy"] = mca["accuracy"]
+        summary["eval/mean_corruption_accuracy"] = _acc(mca)
     for name, p in (report.get("physical") or {}).items():
         if p and p.get("robust"):
             summary[f"eval/physical_{_metric_key(name)}_accuracy"] = p["robust"]["accuracy"]
