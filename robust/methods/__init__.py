@@ -2,5 +2,7 @@
 
 from robust.methods.base import Method
 from robust.methods.adversarial import FGSM, MART, PGD, TRADES, Standard
+from robust.methods.ibp import IBP
+from robust.methods.noise import GaussianNoise
 
-__all__ = ["FGSM", "MART", "Method", "PGD", "Standard", "TRADES"]
+__all__ = ["FGSM", "IBP", "MART", "GaussianNoise", "Method", "PGD", "Standard", "TRADES"]
