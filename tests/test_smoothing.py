@@ -279,3 +279,18 @@ def test_noise_training_certifies_digits():
                              batch_size=500, radii=(0, 0.1, 0.25), progress=False)
     assert result["certified_accuracy"][0.1]["accuracy"] > 0.5
     assert result["acr"] > 0.1
+
+
+@pytest.mark.gpu
+def test_certify_on_cuda_with_autocast_is_sound():
+    # bf16 autocast and noise drawn on the GPU: still sound within the alpha bound, and the
+    # certified classes agree with the CPU's on nearly every point (radii differ by sampling).
+    model, x, alpha = Linear().cuda(), points(200).cuda(), 0.01
+    with torch.no_grad():
+        truth, distance = (model.margin(x) > 0).long(), model.distance(x)
+    results = certify_all(model, x, 2000, alpha)
+    failures = sum(c != ABSTAIN and (c != int(t) or r > float(d)) for (c, r), t, d in zip(results, truth, distance))
+    assert failures < failure_bound(len(x), alpha)
+    cpu = certify_all(Linear(), points(200), 2000, alpha)
+    same = sum(a[0] == b[0] for a, b in zip(results, cpu)) / len(cpu)
+    assert same >= 0.9
