@@ -26,6 +26,7 @@ from torch import nn
 
 from robust.evaluation.stats import accuracy_record
 from robust.models.normalize import Normalize
+from robust.runtime import eval_mode, model_device
 from robust.threat import parse_eps
 
 
@@ -349,12 +350,10 @@ def verified_accuracy(model: nn.Module, data: Any, eps: float, batch_size: int =
     eps = _eps(eps)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
+    device = model_device(model)
     per_example: list[bool] = []
     clean = 0
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             for x, y in _batches(data, batch_size):
                 x, y = x.to(device), y.to(device).long()
@@ -366,8 +365,6 @@ def verified_accuracy(model: nn.Module, data: Any, eps: float, batch_size: int =
                 proved = certified(elided_bounds(model, x, y, eps), y)
                 per_example += (correct & proved).tolist()
                 clean += int(correct.sum())
-    finally:
-        model.train(was_training)
     n = len(per_example)
     return {"verified": accuracy_record(sum(per_example), n), "clean": accuracy_record(clean, n), "eps": eps,
             "n_examples": n, "per_example": per_example}

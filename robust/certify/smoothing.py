@@ -17,7 +17,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robust.evaluation.stats import accuracy_record
+from robust.runtime import eval_mode, model_device
 
 ABSTAIN = -1
 
@@ -59,23 +60,6 @@ def _alpha(value: Any) -> float:
     return float(value)
 
 
-def _device(model: nn.Module) -> torch.device:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
 class Smooth:
     """A Gaussian-smoothed classifier around a base classifier ``model`` (returns logits).
 
@@ -105,7 +89,7 @@ class Smooth:
             raise ValueError("give generator or seed, not both")
         self.model = model
         self.sigma = float(sigma)
-        self.device = _device(model)
+        self.device = model_device(model)
         self.seed = None if seed is None else _count(seed, "seed", minimum=0)
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(self.seed)
@@ -159,7 +143,7 @@ class Smooth:
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
                     else contextlib.nullcontext())
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)
-        with torch.no_grad(), _eval_mode(self.model):
+        with torch.no_grad(), eval_mode(self.model):
             for start in range(0, num, batch_size):
                 size = min(batch_size, num - start)
                 noise = torch.randn((size, *x.shape), generator=generator, device=self.device, dtype=x.dtype)

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from robust.attacks.evaluation import build_attack
-from robust.evaluation.core import RobustnessReport, attack_batches, model_device
+from robust.evaluation.core import RobustnessReport, attack_batches
+from robust.runtime import eval_mode, model_device
 from robust.threat import ThreatModel
 
 DEFAULTS = {
@@ -83,13 +84,9 @@ def run_audit(
     if unknown:
         raise ValueError(f"unknown audit option(s) {sorted(unknown)}; choose from {sorted(DEFAULTS)}")
     o = {**DEFAULTS, **options}
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return _run(model, x[:o["n_examples"]], y[:o["n_examples"]], threat, report, n_classes, seed,
                     batch_size, progress, o)
-    finally:
-        model.train(was_training)
 
 
 def _run(model, x, y, threat, report, n_classes, seed, batch_size, progress, o) -> dict[str, Any]:

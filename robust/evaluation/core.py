@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from robust.attacks.evaluation import AttackOutcome, build_attack, check_images
 from robust.evaluation.stats import accuracy_record
+from robust.runtime import eval_mode, model_device
 from robust.threat import ThreatModel
 
 STATE_FORMAT = 1
@@ -139,12 +140,6 @@ def versions() -> dict[str, str]:
             "torchattacks": torchattacks.__version__, "python": platform.python_version()}
 
 
-def model_device(model: nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
 def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
     with torch.no_grad():
         return int(model(x[:1]).shape[1])
@@ -190,10 +185,9 @@ def attack_batches(
     """
     device = model_device(model)
     n = len(x)
-    done = _load_state(state_path, key) if state_path is not None else {}
+    records = _load_state(state_path, key) if state_path is not None else {}
     n_batches = (n + batch_size - 1) // batch_size
     bar = tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False)
-    records: dict[int, dict[str, Any]] = dict(done)
     for b in range(n_batches):
         sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
         if b in records:
@@ -214,8 +208,7 @@ def attack_batches(
                 rec["x_adv"][attack.name] = out.x_adv[:EXAMPLE_POOL].detach().cpu()
         records[b] = rec
         if state_path is not None:
-            done[b] = rec
-            _save_atomic({"format": STATE_FORMAT, "key": key, "batches": done}, state_path)
+            _save_atomic({"format": STATE_FORMAT, "key": key, "batches": records}, state_path)
         bar.update(sl.stop - sl.start)
         if on_batch is not None:
             on_batch(b, n_batches)
@@ -325,9 +318,7 @@ def evaluate(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     x, y = collect(data, n_examples)
     start = time.perf_counter()
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         n_classes = _num_classes(model, x.to(model_device(model)))
         if int(y.max()) >= n_classes or int(y.min()) < 0:
             raise ValueError(f"labels must lie in [0, {n_classes - 1}] for a model with {n_classes} outputs, "
@@ -375,8 +366,6 @@ def evaluate(
                                      batch_size=batch_size, progress=progress, **(audit_options or {}))
         report.seconds = time.perf_counter() - start
         return report
-    finally:
-        model.train(was_training)
 
 
 def _threat_dict(threat: ThreatModel) -> dict[str, Any]:
@@ -430,11 +419,8 @@ def eps_sweep(model, x, y, threat, eps_values, built, report, options, batch_siz
 
     values = sorted({float(parse_eps(e)) for e in eps_values} | {float(threat.eps)})
     main_eps = float(threat.eps)
-    device = model_device(model)
-    alive = report.masks and torch.stack(list(report.masks.values())).all(0)
-    with torch.no_grad():
-        clean_ok = torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu()
-                              for i in range(0, len(x), batch_size)]) == y
+    alive = torch.stack(list(report.masks.values())).all(0)
+    clean_ok = torch.tensor(report.per_example["clean_pred"]) == y
     results: dict[float, torch.Tensor] = {main_eps: alive.clone()}
     below = [e for e in values if e < main_eps]
     above = [e for e in values if e > main_eps]
@@ -488,9 +474,7 @@ def summarise_threat(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: s
         raise ValueError(f"unknown threat kind {kind!r}; choose patch or spatial")
     start = time.perf_counter()
     device = model_device(model)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         n_classes = _num_classes(model, x.to(device))
         clean, correct, adv = [], [], []
         for b, i in enumerate(tqdm(range(0, len(x), batch_size), desc=kind, disable=not progress, leave=False)):
@@ -500,8 +484,6 @@ def summarise_threat(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: s
             res = attack(bx, by, b)
             correct.append(res.correct.cpu())
             adv.append(res.adv_pred.cpu())
-    finally:
-        model.train(was_training)
     clean_pred, robust_mask, adv_pred = torch.cat(clean), torch.cat(correct), torch.cat(adv)
     robust, _, clean_rec, per_class, confusion = summarise(y, clean_pred, {kind: robust_mask}, {kind: adv_pred},
                                                            n_classes)

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from robust.evaluation import _corruptions_reference as ref
 from robust.evaluation.stats import accuracy_record
+from robust.runtime import eval_mode, model_device
 
 CORRUPTIONS: tuple[str, ...] = ref.NAMES
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
@@ -560,15 +561,12 @@ def evaluate_corruptions(
             check_corruption(name, s)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    param = next(iter(model.parameters()), None)
-    device = param.device if param is not None else torch.device("cpu")
-    was_training = model.training
-    model.eval()
+    device = model_device(model)
     start = time.perf_counter()
     correct: dict[tuple[str, int], int] = {}
     clean = n = 0
     shape = None
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             for x, y in _batches(data, batch_size):
                 check_images(x)
@@ -589,8 +587,6 @@ def evaluate_corruptions(
                     bar.set_postfix_str(f"{name} {s}: {hits / max(n, 1):.3f}")
                     bar.update()
             bar.close()
-    finally:
-        model.train(was_training)
     per_corruption = {
         name: {"mean": float(np.mean([correct[name, s] / n for s in severities])) if n else 0.0,
                "per_severity": {str(s): accuracy_record(correct[name, s], n) for s in severities}}

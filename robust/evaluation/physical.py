@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robust.runtime import eval_mode
+
 PATCH_DEFAULTS: dict[str, Any] = {
     "fraction": 0.05, "location": "worst", "steps": 50, "step_size": 0.1, "stride": None, "seed": 0,
 }
@@ -70,20 +72,9 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
 
 
 @contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
-@contextmanager
 def _attack_context(model: nn.Module, x: torch.Tensor, seed: int) -> Iterator[None]:
     devices = [x.device] if x.device.type == "cuda" else []
-    with _eval_mode(model), torch.random.fork_rng(devices=devices):
+    with eval_mode(model), torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
 
