@@ -57,6 +57,11 @@ class Method(Recorded):
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         raise NotImplementedError
 
+    def eval_metrics(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Extra per-batch validation/test metrics of this method (mean over the batch), logged as
+        ``val/<name>`` and ``test/<name>``; the model is in eval mode. None by default."""
+        return {}
+
     def _craft(self, model: nn.Module, fn: Any) -> torch.Tensor:
         """Run ``fn()`` with the model in ``attack_mode``, then restore its mode."""
         was_training = model.training
