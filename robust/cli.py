@@ -26,6 +26,8 @@ commands:
   test         test a checkpoint:           robust test --config RECIPE --ckpt_path CKPT
   evaluate     measure a checkpoint (AutoAttack, RobustBench protocol, gradient-masking audit,
                eps sweep, corruptions, patch, spatial): robust evaluate --checkpoint CKPT --data digits
+  certify      certify a checkpoint: randomized smoothing (L2), or IBP / CROWN bounds (L-inf) with an
+               attack for what they cannot prove:  robust certify --method crown --checkpoint CKPT --data digits
 
 Run `robust <command> --help` for the options of a command.
 """
@@ -117,6 +119,10 @@ def _main(argv: Sequence[str] | None) -> int:
         from robust.evaluate_cli import run
 
         return run(argv[1:])
+    if command == "certify":
+        from robust.certify_cli import run as certify_run
+
+        return certify_run(argv[1:])
     if command == "quickstart":
         from robust.quickstart import main as quickstart_main
 

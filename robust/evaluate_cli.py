@@ -25,15 +25,8 @@ import torch
 STATE_NAME = "evaluate_state.pt"
 
 
-def parser() -> argparse.ArgumentParser:
-    from robust.attacks.evaluation import list_attacks
-
-    p = argparse.ArgumentParser(
-        prog="robust evaluate",
-        description="Measure empirical robustness (AutoAttack under the RobustBench protocol by default), "
-                    "audit it for gradient masking and write report.json, report.md and plots.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def add_source_arguments(p: argparse.ArgumentParser) -> None:
+    """The model (``--checkpoint`` or ``--model``) and data (``--config``, ``--data`` or ``--npz``) options."""
     src = p.add_argument_group("model (one of)")
     src.add_argument("--checkpoint", help="a robust checkpoint (.ckpt), loaded with weights_only=True")
     src.add_argument("--model", help="a registry model name (robust.models.list_models()) or torchvision:<name>")
@@ -45,6 +38,18 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument("--npz", help="an .npz with x_test/y_test or x/y (uint8 0..255 or floats in [0, 1])")
     data.add_argument("--data-root", help="root folder for --data (where it looks for or stores the files)")
     data.add_argument("--split", choices=("test", "val"), default="test", help="which split to evaluate")
+
+
+def parser() -> argparse.ArgumentParser:
+    from robust.attacks.evaluation import list_attacks
+
+    p = argparse.ArgumentParser(
+        prog="robust evaluate",
+        description="Measure empirical robustness (AutoAttack under the RobustBench protocol by default), "
+                    "audit it for gradient masking and write report.json, report.md and plots.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_source_arguments(p)
     thr = p.add_argument_group("threat model and attacks")
     thr.add_argument("--norm", choices=("linf", "l2"), help="default: the checkpoint's evaluation threat")
     thr.add_argument("--eps", help="radius in [0, 1] pixel units, e.g. 8/255; default: the checkpoint's")
@@ -85,8 +90,8 @@ def _json_arg(text: str, name: str) -> dict[str, Any]:
     return value
 
 
-def load_model(args: argparse.Namespace, num_classes: int | None) -> tuple[torch.nn.Module, Any]:
-    """``(model, threat or None)`` from ``--checkpoint`` or ``--model``/``--weights``."""
+def load_model(args: argparse.Namespace, num_classes: int | None) -> tuple[torch.nn.Module, Any, Any]:
+    """``(model, threat or None, training method or None)`` from ``--checkpoint`` or ``--model``/``--weights``."""
     if bool(args.checkpoint) == bool(args.model):
         raise UsageError("give exactly one of --checkpoint or --model")
     if args.checkpoint:
@@ -96,7 +101,7 @@ def load_model(args: argparse.Namespace, num_classes: int | None) -> tuple[torch
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path.resolve()}")
         module = RobustClassifier.load_from_checkpoint(path, map_location="cpu")
-        return module.model, module.eval_threat
+        return module.model, module.eval_threat, module.method
     from robust.models import create
 
     if num_classes is None:
@@ -121,9 +126,9 @@ def load_model(args: argparse.Namespace, num_classes: int | None) -> tuple[torch
         except (RuntimeError, TypeError, AttributeError) as err:
             raise CheckpointError(f"{path}: does not fit {args.model} ({str(err).splitlines()[0]})") from None
     else:
-        print("robust evaluate: warning: --model without --weights evaluates a randomly initialised network",
+        print(f"{args.prog}: warning: --model without --weights measures a randomly initialised network",
               file=sys.stderr)
-    return model, None
+    return model, None, None
 
 
 def load_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, int, str]:
@@ -181,12 +186,13 @@ def _all_xy(dm: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 def run(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    args.prog = "robust evaluate"
     from robust.evaluation.core import evaluate, summarise_threat
     from robust.evaluation.render import log_to_wandb, write_report
     from robust.threat import ThreatModel
 
     x, y, num_classes, data_desc = load_data(args)
-    model, ckpt_threat = load_model(args, num_classes)
+    model, ckpt_threat, _ = load_model(args, num_classes)
     if args.norm is None and args.eps is None and ckpt_threat is None:
         raise UsageError("no threat model: give --norm and --eps (this model carries none)")
     norm = args.norm or (ckpt_threat.norm if ckpt_threat is not None else "linf")

@@ -372,16 +372,20 @@ def _threat_dict(threat: ThreatModel) -> dict[str, Any]:
     return {"kind": threat.norm, "norm": threat.norm, "eps": float(threat.eps), "eps_str": repr(threat.eps)}
 
 
-def _protocol(threat, settings, n, seed, batch_size, model, checkpoint, n_classes) -> dict[str, Any]:
+def describe_run(model: nn.Module, checkpoint: str | os.PathLike | None) -> dict[str, Any]:
+    """Versions, device, the model's sha256 and the checkpoint file's path and sha256."""
     ckpt = None
     if checkpoint is not None:
         p = Path(checkpoint)
         ckpt = {"path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None}
     device = model_device(model)
+    return {"versions": versions(), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+            "model_sha256": model_fingerprint(model), "checkpoint": ckpt}
+
+
+def _protocol(threat, settings, n, seed, batch_size, model, checkpoint, n_classes) -> dict[str, Any]:
     return {"threat": _threat_dict(threat), "attacks": settings, "n_examples": n, "seed": seed,
-            "batch_size": batch_size, "num_classes": n_classes, "versions": versions(),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
-            "model_sha256": model_fingerprint(model), "checkpoint": ckpt,
+            "batch_size": batch_size, "num_classes": n_classes, **describe_run(model, checkpoint),
             "worst_case": "an example is robust only if every attack fails on it",
             "success_rule": "misclassified, inside [0, 1] and inside the eps-ball (checked by us)"}
 

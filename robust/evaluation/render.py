@@ -10,7 +10,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 __all__ = [
     "fmt_accuracy", "threat_label", "plot_eps_sweep", "plot_per_class", "plot_examples", "plot_corruptions",
-    "render_markdown", "write_report", "log_to_wandb",
+    "render_markdown", "write_report", "write_staged", "write_json", "log_to_wandb",
 ]
 
 DPI = 120
@@ -500,18 +500,37 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def write_staged(out_dir: str | os.PathLike, render: Callable[[Path], dict[str, Path]]) -> dict[str, Path]:
+    """Run ``render(stage)`` in a hidden staging folder inside ``out_dir``, then move every file it
+    returns into ``out_dir`` with ``os.replace``, in order (put ``report.json`` last): a failure
+    while rendering leaves any earlier report untouched. Returns name -> final path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".report-") as tmp:
+        paths = render(Path(tmp))
+        result = {}
+        for name, staged in paths.items():
+            with open(staged, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(staged, out / staged.name)
+            result[name] = out / staged.name
+    return result
+
+
+def write_json(report: Mapping, path: Path) -> Path:
+    path.write_text(json.dumps(report, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    return path
+
+
 def write_report(report: dict, out_dir: str | os.PathLike, examples: dict | None = None) -> dict[str, Path]:
     """Write ``report.json``, the plots that apply and ``report.md`` into ``out_dir``; return name → path.
 
-    Everything is rendered in a hidden staging folder inside ``out_dir`` first and moved into place with
-    ``os.replace`` (``report.json`` last), so a failure leaves any earlier report untouched.
+    Everything is rendered in a staging folder first (:func:`write_staged`), ``report.json`` last.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     label = threat_label(report.get("threat"))
-    text = json.dumps(report, indent=2, default=_json_default) + "\n"
-    with tempfile.TemporaryDirectory(dir=out, prefix=".report-") as tmp:
-        stage = Path(tmp)
+    json.dumps(report, default=_json_default)  # fail before anything is drawn
+
+    def render(stage: Path) -> dict[str, Path]:
         made: dict[str, Path] = {}
         sweep = report.get("sweep") or []
         if len(sweep) >= 2:
@@ -529,15 +548,9 @@ def write_report(report: dict, out_dir: str | os.PathLike, examples: dict | None
             made["corruptions"] = plot_corruptions(report["corruptions"], stage / _IMAGE_FILES["corruptions"])
         (stage / "report.md").write_text(render_markdown(report, {k: p.name for k, p in made.items()}),
                                          encoding="utf-8")
-        (stage / "report.json").write_text(text, encoding="utf-8")
-        paths = {**made, "markdown": stage / "report.md", "json": stage / "report.json"}
-        result = {}
-        for name, staged in paths.items():
-            with open(staged, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(staged, out / staged.name)
-            result[name] = out / staged.name
-    return result
+        return {**made, "markdown": stage / "report.md", "json": write_json(report, stage / "report.json")}
+
+    return write_staged(out_dir, render)
 
 
 def _metric_key(name: str) -> str:

@@ -1,0 +1,185 @@
+"""``robust certify``: certified robustness of a checkpoint or a registry model.
+
+Examples::
+
+    robust certify --method smoothing --checkpoint runs/digits/noise/last.ckpt --data digits \\
+        --sigma 0.25 --n 10000 --radii 0,0.25,0.5,0.75 --attack-radius 0.5
+    robust certify --method crown --checkpoint best.ckpt --data mnist10k --data-root ../data/mnist-t10k \\
+        --eps 0.1,0.2,0.3 --n-examples 500
+    robust certify --method ibp --checkpoint best.ckpt --data mnist10k --eps 0.1 \\
+        --evaluation runs/evaluate/report.json
+
+Writes ``report.json``, ``report.md``, a per-example TSV (``certify.tsv`` or ``verify.tsv``) and a
+plot into ``--out``. Smoothing keeps its finished examples in ``<out>/certify_state.jsonl``:
+start the same command again after an interruption and it resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robust.evaluate_cli import UsageError, _json_arg, add_source_arguments, load_data, load_model
+
+STATE_NAME = "certify_state.jsonl"
+
+
+def parser() -> argparse.ArgumentParser:
+    from robust.attacks.evaluation import list_attacks
+
+    p = argparse.ArgumentParser(
+        prog="robust certify",
+        description="Certify robustness: randomized smoothing (L2 radii, Cohen et al. 2019) or bound propagation "
+                    "(L-inf, IBP or CROWN intersected with IBP) with an attack that falsifies what cannot be "
+                    "proven; writes report.json, report.md, a per-example table and a plot.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--method", choices=("smoothing", "ibp", "crown"), required=True)
+    add_source_arguments(p)
+    sm = p.add_argument_group("randomized smoothing")
+    sm.add_argument("--sigma", type=float, help="noise level; default: the checkpoint's GaussianNoise sigma")
+    sm.add_argument("--n0", type=int, default=100, help="samples to select the top class")
+    sm.add_argument("--n", type=int, default=100_000, help="samples to estimate its probability")
+    sm.add_argument("--alpha", type=float, default=0.001, help="failure probability of each certificate")
+    sm.add_argument("--radii", default="0,0.25,0.5,0.75,1.0", help="L2 radii to report certified accuracy at")
+    sm.add_argument("--attack-radius", type=float,
+                    help="also attack the smoothed classifier at this L2 radius (SmoothAdv PGD, then PREDICT) "
+                         "to check the certificates against an empirical upper bound")
+    sm.add_argument("--attack-examples", type=int, default=100, help="how many examples --attack-radius attacks")
+    bp = p.add_argument_group("bound propagation (ibp, crown)")
+    bp.add_argument("--eps", help="comma-separated L-inf radii, e.g. 0.1 or 2/255,8/255; default: the checkpoint's")
+    bp.add_argument("--attack", default="pgd",
+                    help=f"attack that falsifies unproven examples ({', '.join(list_attacks())}, or none)")
+    bp.add_argument("--attack-options", default="{}", help='JSON settings of the attack, e.g. \'{"steps": 100}\'')
+    bp.add_argument("--evaluation", help="a robust evaluate report.json of the same model and threat: check "
+                                         "certified <= its robust accuracy <= clean, per example when possible")
+    run = p.add_argument_group("run")
+    run.add_argument("--n-examples", type=int, help="certify the first N examples of the split")
+    run.add_argument("--batch-size", type=int, help="default: 1000 noisy samples (smoothing), 128 images (bounds)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    run.add_argument("--out", default="runs/certify", help="output folder")
+    run.add_argument("--fresh", action="store_true", help="discard a resume state left in --out by another run")
+    run.add_argument("--wandb-project", help="log the report to a wandb run in this project")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _floats(text: str, name: str) -> list[float]:
+    from robust.threat import parse_eps
+
+    try:
+        return [float(parse_eps(v.strip())) for v in text.split(",") if v.strip()]
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"{name} must be comma-separated numbers, got {text!r} ({err})") from None
+
+
+def run(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    args.prog = "robust certify"
+    from robust.certify import report as certification
+
+    x, y, num_classes, data_desc = load_data(args)
+    model, ckpt_threat, ckpt_method = load_model(args, num_classes)
+    if args.n_examples is not None and args.n_examples < 1:
+        raise UsageError(f"--n-examples must be >= 1, got {args.n_examples}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda but CUDA is not available")
+    model = model.to(device).eval()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = not args.no_progress
+    n = min(args.n_examples or len(y), len(y))
+    if args.method == "smoothing":
+        sigma = args.sigma if args.sigma is not None else getattr(ckpt_method, "sigma", None)
+        if sigma is None:
+            raise UsageError("give --sigma (this model was not trained with GaussianNoise)")
+        state = out / STATE_NAME
+        if args.fresh and state.exists():
+            state.unlink()
+        if state.exists():
+            print(f"robust certify: resuming from {state}", file=sys.stderr)
+        print(f"certifying {args.checkpoint or args.model} on {data_desc}: {n} images, randomized smoothing "
+              f"sigma {sigma:g}, n0 {args.n0}, n {args.n}, alpha {args.alpha}", file=sys.stderr)
+        report = certification.smoothing_report(
+            model, (x, y), sigma, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch_size or 1000,
+            radii=_floats(args.radii, "--radii"), n_examples=args.n_examples, seed=args.seed, state_path=state,
+            progress=progress, attack_radius=args.attack_radius, attack_examples=args.attack_examples,
+            checkpoint=args.checkpoint)
+    else:
+        if args.eps is None and (ckpt_threat is None or ckpt_threat.norm != "linf"):
+            raise UsageError("give --eps (this model carries no L-inf threat model)")
+        eps = _floats(args.eps, "--eps") if args.eps is not None else [float(ckpt_threat.eps)]
+        attack = None if args.attack.lower() == "none" else args.attack
+        print(f"verifying {args.checkpoint or args.model} on {data_desc}: {n} images, {args.method} at L-inf eps "
+              f"{', '.join(f'{e:g}' for e in eps)}, falsified by {attack or 'no attack'}", file=sys.stderr)
+        report = certification.verification_report(
+            model, (x, y), eps, method=args.method, attack=attack,
+            attack_options=_json_arg(args.attack_options, "--attack-options"), n_examples=args.n_examples,
+            batch_size=args.batch_size or 128, seed=args.seed, progress=progress, checkpoint=args.checkpoint)
+        if args.evaluation:
+            certification.compare_with_evaluation(report, _read_report(args.evaluation))
+    report["protocol"]["data"] = data_desc
+    written = certification.write_certification(report, out)
+    state = out / STATE_NAME
+    if state.exists():
+        state.unlink()
+    if args.wandb_project:
+        import wandb
+
+        from robust.tracking import wandb_mode
+
+        run_ = wandb.init(project=args.wandb_project, mode=wandb_mode(), dir=str(out), job_type="certify",
+                          config={"method": report["method"], **report["protocol"]})
+        certification.log_certification(report, run_, images=written)
+        run_.finish()
+    _print_summary(report, written)
+    return 0 if report["consistency"]["ok"] else 1
+
+
+def _read_report(path: str) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"evaluation report not found: {file.resolve()}")
+    try:
+        report = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UsageError(f"{file}: not a JSON report of robust evaluate") from None
+    if not isinstance(report, dict) or "threat" not in report or "robust" not in report:
+        raise UsageError(f"{file}: not a report of robust evaluate (no threat or robust accuracy)")
+    return report
+
+
+def _print_summary(report: dict, written: dict[str, Path]) -> None:
+    from robust.evaluation.render import fmt_accuracy
+
+    print(f"clean accuracy:     {fmt_accuracy(report['clean'])}")
+    if report["method"] == "smoothing":
+        for m in report["certified_accuracy"]:
+            print(f"  certified at L2 radius {m['radius']:<6g} {fmt_accuracy(m['certified'])}")
+        print(f"ACR {report['acr']:.4f}, abstained {100 * report['abstention_rate']:.2f}%, "
+              f"{report['seconds_per_example']:.3f} s per example")
+        if report.get("empirical"):
+            e = report["empirical"]
+            print(f"attack on the smoothed classifier at radius {e['radius']:g}: robust {fmt_accuracy(e['robust'])}, "
+                  f"certified {fmt_accuracy(e['certified'])}")
+    else:
+        for s in report.get("sweep") or [report]:
+            c = s["status_counts"]
+            print(f"  eps {s['threat']['eps_str']:<8} certified {fmt_accuracy(s['certified'])}  empirical "
+                  f"{fmt_accuracy(s['robust'])}  (verified {c['verified']}, inconclusive {c['inconclusive']}, "
+                  f"falsified {c['falsified']})")
+    check = report["consistency"]
+    if check["ok"]:
+        print(f"consistency: certified <= robust <= clean holds ({len(check['checks'])} checks)")
+    else:
+        print("consistency: VIOLATED: " + "; ".join(f["message"] for f in check["flags"]))
+    print("written: " + ", ".join(str(p) for p in written.values()))
