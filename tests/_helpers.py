@@ -95,3 +95,46 @@ def train(
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((model(x).argmax(1) == y).float().mean())
+
+
+# --- bound soundness (IBP, CROWN): points of the L-inf ball intersected with [0, 1] -------------
+
+
+def randomise_bn(model: nn.Module) -> nn.Module:
+    """Non-trivial running statistics and affine weights of both signs, then eval mode."""
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            m.running_mean.normal_(0, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.normal_(0, 1.0)
+            m.bias.data.normal_(0, 0.3)
+    return model.eval()
+
+
+def box_pgd(model: nn.Module, x: torch.Tensor, eps: float, weights: torch.Tensor, steps: int = 10) -> torch.Tensor:
+    """Signed-gradient descent on ``(model(x') * weights).sum(1)`` inside the ball ∩ [0, 1], one row per x."""
+    lo, hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+    x_adv = lo + (hi - lo) * torch.rand_like(x)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        (grad,) = torch.autograd.grad((model(x_adv) * weights).sum(), x_adv)
+        x_adv = torch.min(torch.max(x_adv.detach() - eps / 4 * grad.sign(), lo), hi)
+    return x_adv.detach()
+
+
+def ball_points(x: torch.Tensor, eps: float, n: int) -> torch.Tensor:
+    """``n`` uniform points and ``n`` corners of the ball ∩ [0, 1] around each image, shape (N, 2n, ...)."""
+    lo, hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+    shape = (x.shape[0], n, *x.shape[1:])
+    uniform = lo[:, None] + (hi - lo)[:, None] * torch.rand(shape)
+    corners = torch.where(torch.rand(shape) < 0.5, lo[:, None], hi[:, None])
+    return torch.cat([uniform, corners], 1)
+
+
+def tol(*bounds: torch.Tensor) -> float:
+    return 1e-5 * (1.0 + max(float(b.detach().abs().max()) for b in bounds))
+
+
+def logits_of(model: nn.Module, points: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(points.flatten(0, 1)).view(points.shape[0], points.shape[1], -1)

@@ -19,25 +19,16 @@ from robust.models import CNNSmall, Normalize, PreActResNet18
 from robust.models.preact_resnet import PreActBlock
 from robust.spec import build, to_spec
 
-from _helpers import digits, one_thread, tiny_cnn, train  # noqa: F401  (one_thread: autouse)
+from _helpers import (  # noqa: F401  (one_thread: autouse)
+    ball_points, box_pgd, digits, logits_of, one_thread, randomise_bn, tiny_cnn, tol, train,
+)
 
 SETTINGS = settings(max_examples=12, deadline=None, derandomize=True)
 
 
-def _randomise_bn(model: nn.Module) -> nn.Module:
-    """Non-trivial running statistics and affine weights of both signs, then eval mode."""
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            m.running_mean.normal_(0, 0.3)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.normal_(0, 1.0)
-            m.bias.data.normal_(0, 0.3)
-    return model.eval()
-
-
 def seq_cnn(seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    return _randomise_bn(nn.Sequential(
+    return randomise_bn(nn.Sequential(
         Normalize([0.4], [0.3]), nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(inplace=True),
         nn.MaxPool2d(2), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Identity(),
         nn.Flatten(), nn.Linear(32, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 10),
@@ -66,7 +57,7 @@ class Residual(nn.Module):
 
 def residual(seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    return _randomise_bn(Residual())
+    return randomise_bn(Residual())
 
 
 def cnn_small(seed: int) -> nn.Module:
@@ -77,39 +68,10 @@ def cnn_small(seed: int) -> nn.Module:
 MODELS = {"sequential": seq_cnn, "residual": residual, "cnn_small": cnn_small}
 
 
-def box_pgd(model: nn.Module, x: torch.Tensor, eps: float, weights: torch.Tensor, steps: int = 10) -> torch.Tensor:
-    """Signed-gradient descent on ``(model(x') * weights).sum(1)`` inside the ball ∩ [0, 1], one row per x."""
-    lo, hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
-    x_adv = lo + (hi - lo) * torch.rand_like(x)
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        (grad,) = torch.autograd.grad((model(x_adv) * weights).sum(), x_adv)
-        x_adv = torch.min(torch.max(x_adv.detach() - eps / 4 * grad.sign(), lo), hi)
-    return x_adv.detach()
-
-
-def ball_points(x: torch.Tensor, eps: float, n: int) -> torch.Tensor:
-    """``n`` uniform points and ``n`` corners of the ball ∩ [0, 1] around each image, shape (N, 2n, ...)."""
-    lo, hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
-    shape = (x.shape[0], n, *x.shape[1:])
-    uniform = lo[:, None] + (hi - lo)[:, None] * torch.rand(shape)
-    corners = torch.where(torch.rand(shape) < 0.5, lo[:, None], hi[:, None])
-    return torch.cat([uniform, corners], 1)
-
-
-def tol(*bounds: torch.Tensor) -> float:
-    return 1e-5 * (1.0 + max(float(b.detach().abs().max()) for b in bounds))
-
-
 def assert_contains(lower: torch.Tensor, upper: torch.Tensor, z: torch.Tensor) -> None:
     """``z`` (N, M, K): logits of M points around each of N images."""
     t = tol(lower, upper)
     assert (z >= lower[:, None] - t).all() and (z <= upper[:, None] + t).all()
-
-
-def logits_of(model: nn.Module, points: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(points.flatten(0, 1)).view(points.shape[0], points.shape[1], -1)
 
 
 def check_sound(model: nn.Module, x: torch.Tensor, eps: float, samples: int = 32) -> None:
@@ -133,7 +95,7 @@ def test_bounds_contain_random_and_pgd_points(kind, seed, eps):
 
 def test_bounds_sound_on_preact_resnet18():
     torch.manual_seed(0)
-    model = _randomise_bn(PreActResNet18(num_classes=10, in_channels=3, mean=[0.5] * 3, std=[0.25] * 3))
+    model = randomise_bn(PreActResNet18(num_classes=10, in_channels=3, mean=[0.5] * 3, std=[0.25] * 3))
     x = torch.rand(2, 3, 8, 8)
     lower, upper = interval_bounds(model, x, 1e-3)
     assert_contains(lower, upper, logits_of(model, ball_points(x, 1e-3, 8)))

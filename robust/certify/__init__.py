@@ -1,1 +1,3 @@
-"""Certified robustness: randomized smoothing and interval bound propagation."""
+"""Certified robustness: randomized smoothing (L2, :mod:`.smoothing`), interval bound propagation
+(:mod:`.ibp`) and CROWN (:mod:`.crown`) for L-inf, per-example verification with an attack
+(:mod:`.verify`), and certification reports (:mod:`.report`, the ``robust certify`` command)."""
