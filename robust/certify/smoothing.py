@@ -143,16 +143,20 @@ class Smooth:
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
                     else contextlib.nullcontext())
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)
+        ones = torch.ones(min(batch_size, num), dtype=torch.long, device=self.device)
+        buffer = torch.empty((min(batch_size, num), *x.shape), device=self.device, dtype=x.dtype)
         with torch.no_grad(), eval_mode(self.model):
             for start in range(0, num, batch_size):
                 size = min(batch_size, num - start)
-                noise = torch.randn((size, *x.shape), generator=generator, device=self.device, dtype=x.dtype)
+                # fresh N(0, sigma^2) noise for every sample, drawn into one reused buffer, plus x
+                noisy = buffer[:size].normal_(0.0, self.sigma, generator=generator).add_(x)
                 with autocast:
-                    logits = self.model(x.unsqueeze(0) + self.sigma * noise)
+                    logits = self.model(noisy)
                 if logits.dim() != 2 or logits.shape[1] != self.num_classes:
                     raise ValueError(f"model returned logits of shape {tuple(logits.shape)}, "
                                      f"expected (batch, num_classes={self.num_classes})")
-                counts += torch.bincount(logits.argmax(1), minlength=self.num_classes)
+                # index_add_ rather than bincount: CUDA bincount syncs with the host on every batch
+                counts.index_add_(0, logits.argmax(1), ones[:size])
         return counts.cpu()
 
 
