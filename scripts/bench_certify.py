@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="cnn_small,resnet110", help=f"comma-separated, from {', '.join(MODELS)}")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch", type=int, default=None, help="default: 1000 on CPU, 4000 on CUDA")
+    parser.add_argument("--batch", type=int, default=None, help="default: 1000 on CPU, 10,000 on CUDA")
     parser.add_argument("--n", type=int, default=None, help="noisy samples per timed run (default: 10 batches on CUDA, 2 on CPU)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    batch = args.batch or (4000 if device.type == "cuda" else 1000)
+    batch = args.batch or (10_000 if device.type == "cuda" else 1000)
     n = args.n or (10 if device.type == "cuda" else 2) * batch
     unknown = [m for m in args.models.split(",") if m not in MODELS]
     if unknown:

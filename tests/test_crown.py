@@ -337,3 +337,17 @@ def test_cnn_small_on_28x28_batch_32():
     assert time.perf_counter() - start < 30
     z = logits_of(model, ball_points(x[:4], 0.002, 2))
     assert (margins_of(z, y[:4]) >= margins[:4, None] - tol(margins)).all()
+
+
+@pytest.mark.gpu
+def test_crown_on_cuda_matches_cpu_and_verify_runs_there():
+    from robust.certify.verify import verify
+
+    model = tiny_cnn(3).eval()
+    x, y = digits("test")
+    x, y = x[:64], y[:64]
+    cpu = crown_margins(model, x, y, 0.02)
+    gpu = crown_margins(model.cuda(), x.cuda(), y.cuda(), 0.02)
+    assert torch.allclose(gpu.cpu(), cpu, rtol=1e-2, atol=1e-2)  # TF32 may be on: close, not equal
+    report = verify(model, (x, y), 0.02, method="crown", attack_options={"steps": 5}, progress=False)
+    assert report["consistency"]["ok"] and sum(report["status_counts"].values()) == 64

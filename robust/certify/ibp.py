@@ -26,7 +26,7 @@ from torch import nn
 
 from robust.evaluation.stats import accuracy_record
 from robust.models.normalize import Normalize
-from robust.runtime import eval_mode, model_device
+from robust.runtime import eval_mode, full_float32, model_device
 from robust.threat import parse_eps
 
 
@@ -362,7 +362,8 @@ def verified_accuracy(model: nn.Module, data: Any, eps: float, batch_size: int =
                         f"images must lie in [0, 1], got values in [{float(x.min()):.4g}, {float(x.max()):.4g}]"
                     )
                 correct = model(x).argmax(1) == y
-                proved = certified(elided_bounds(model, x, y, eps), y)
+                with full_float32():
+                    proved = certified(elided_bounds(model, x, y, eps), y)
                 per_example += (correct & proved).tolist()
                 clean += int(correct.sum())
     n = len(per_example)

@@ -26,7 +26,7 @@ from robust.attacks.evaluation import build_attack
 from robust.certify.ibp import certified, elided_bounds
 from robust.evaluation.core import collect
 from robust.evaluation.stats import accuracy_record
-from robust.runtime import eval_mode, model_device
+from robust.runtime import eval_mode, full_float32, model_device
 from robust.threat import ThreatModel
 
 METHODS = ("ibp", "crown")
@@ -38,19 +38,20 @@ def margins(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
             method: str = "crown") -> dict[str, torch.Tensor]:
     """Lower bounds on ``z_y - z_j`` per method: ``{"ibp": ...}`` or ``{"ibp", "crown", "combined"}``.
 
-    ``combined`` is the element-wise maximum of the IBP and CROWN bounds: both are sound lower
+    Computed without TF32 on CUDA. ``combined`` is the element-wise maximum of the IBP and CROWN bounds: both are sound lower
     bounds of the same quantity, so their maximum is sound and never looser than either.
     """
     if method not in METHODS:
         raise ValueError(f"unknown verification method {method!r}; choose from {', '.join(METHODS)}")
-    out = {"ibp": elided_bounds(model, x, y, eps)}
-    if method == "crown":
-        from robust.certify.crown import crown_margins
+    with full_float32():
+        out = {"ibp": elided_bounds(model, x, y, eps)}
+        if method == "crown":
+            from robust.certify.crown import crown_margins
 
-        out["crown"] = crown_margins(model, x, y, eps)
-        out["combined"] = torch.maximum(out["ibp"], out["crown"])
-    else:
-        out["combined"] = out["ibp"]
+            out["crown"] = crown_margins(model, x, y, eps)
+            out["combined"] = torch.maximum(out["ibp"], out["crown"])
+        else:
+            out["combined"] = out["ibp"]
     return out
 
 
