@@ -248,3 +248,11 @@ def test_eval_metrics_of_certified_methods(ckpts):
     noisy = GaussianNoise(0.25).eval_metrics(_model(ckpts["noise"]), x, y)["noisy_acc"].item()
     assert 0.5 < noisy <= 1.0
     assert GaussianNoise(0.25).eval_metrics(_model(ckpts["noise"]), x, y)["noisy_acc"].item() == noisy
+
+
+def test_help_lists_the_methods(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["certify", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "{smoothing,ibp,crown}" in out and "--attack-radius" in out and "--evaluation" in out
