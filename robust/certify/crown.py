@@ -44,7 +44,9 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from robust.certify.ibp import Interval, UnsupportedLayerError, _eps, _graph, _input_box, _where, elided_bounds
+from robust.certify.ibp import (
+    Interval, UnsupportedLayerError, _eps, _graph, _input_box, _where, batchnorm_affine, elided_bounds,
+)
 from robust.models.normalize import Normalize
 
 CHUNK_BYTES = 256 * 2**20
@@ -184,14 +186,10 @@ def _conv_padding(m: nn.Conv1d | nn.Conv2d, node: fx.Node) -> tuple[int, ...]:
 
 def _batchnorm(m: nn.BatchNorm1d | nn.BatchNorm2d, node: fx.Node, shape: torch.Size) -> _Elementwise:
     _check_eval(m, node)
-    if m.running_mean is None or m.running_var is None:
+    affine = batchnorm_affine(m)
+    if affine is None:
         raise _unsupported(f"{type(m).__name__} without running statistics", node)
-    scale = torch.rsqrt(m.running_var + m.eps)
-    if m.weight is not None:
-        scale = scale * m.weight
-    shift = -m.running_mean * scale
-    if m.bias is not None:
-        shift = shift + m.bias
+    scale, shift = affine
     view = (-1,) + (1,) * (len(shape) - 1)
     return _Elementwise(scale.view(view), shift.view(view), shape)
 

@@ -165,16 +165,26 @@ def _affine(module: nn.Module, a: Interval, node: fx.Node) -> Interval:
     return Interval.from_center(module(center), spread)
 
 
-def _batchnorm(module: nn.Module, a: Interval, node: fx.Node) -> Interval:
-    _check_eval(module, node)
+def batchnorm_affine(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-channel ``(scale, shift)`` of an eval-mode BatchNorm, ``y = scale * x + shift``;
+    None without running statistics (then it is not an affine map)."""
     if module.running_mean is None or module.running_var is None:
-        raise _unsupported(f"{type(module).__name__} without running statistics", node)
+        return None
     scale = torch.rsqrt(module.running_var + module.eps)
     if module.weight is not None:
         scale = scale * module.weight
     shift = -module.running_mean * scale
     if module.bias is not None:
         shift = shift + module.bias
+    return scale, shift
+
+
+def _batchnorm(module: nn.Module, a: Interval, node: fx.Node) -> Interval:
+    _check_eval(module, node)
+    affine = batchnorm_affine(module)
+    if affine is None:
+        raise _unsupported(f"{type(module).__name__} without running statistics", node)
+    scale, shift = affine
     shape = (1, -1) + (1,) * (a.lower.dim() - 2)
     scale, shift = scale.view(shape), shift.view(shape)
     return Interval.from_center(a.center * scale + shift, a.radius * scale.abs())
