@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from robust.evaluate_cli import UsageError, _json_arg, add_source_arguments, load_data, load_model
+from robust.evaluate_cli import UsageError, _json_arg, add_source_arguments, describe_model, load_data, load_model
 
 STATE_NAME = "certify_state.jsonl"
 
@@ -128,7 +128,7 @@ def run(argv: list[str]) -> int:
             batch_size=args.batch_size or 128, seed=args.seed, progress=progress, checkpoint=args.checkpoint)
         if args.evaluation:
             certification.compare_with_evaluation(report, _read_report(args.evaluation))
-    report["protocol"]["data"] = data_desc
+    report["protocol"].update(data=data_desc, **describe_model(args, model, ckpt_method))
     written = certification.write_certification(report, out)
     state = out / STATE_NAME
     if state.exists():

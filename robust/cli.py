@@ -28,6 +28,8 @@ commands:
                eps sweep, corruptions, patch, spatial): robust evaluate --checkpoint CKPT --data digits
   certify      certify a checkpoint: randomized smoothing (L2), or IBP / CROWN bounds (L-inf) with an
                attack for what they cannot prove:  robust certify --method crown --checkpoint CKPT --data digits
+  leaderboard  add reports or RobustBench records, show ranked boards, export md/csv/json/html:
+               robust leaderboard add runs/evaluate/report.json; robust leaderboard export --format html
 
 Run `robust <command> --help` for the options of a command.
 """
@@ -84,13 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``robust`` command; bad input ends with one line and exit status 2."""
     from robust.data.base import DataFormatError, DataNotFoundError
     from robust.evaluation.core import EvaluationStateError
+    from robust.leaderboard.store import StoreError
     from robust.module import CheckpointError
     from robust.spec import SpecError
 
     try:
         return _main(argv)
     except (DataNotFoundError, DataFormatError, CheckpointError, SpecError, FileNotFoundError,
-            EvaluationStateError) as exc:
+            EvaluationStateError, StoreError) as exc:
         print(f"robust: error: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:
@@ -123,6 +126,10 @@ def _main(argv: Sequence[str] | None) -> int:
         from robust.certify_cli import run as certify_run
 
         return certify_run(argv[1:])
+    if command == "leaderboard":
+        from robust.leaderboard_cli import run as leaderboard_run
+
+        return leaderboard_run(argv[1:])
     if command == "quickstart":
         from robust.quickstart import main as quickstart_main
 

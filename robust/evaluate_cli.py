@@ -90,6 +90,13 @@ def _json_arg(text: str, name: str) -> dict[str, Any]:
     return value
 
 
+def describe_model(args: argparse.Namespace, model: torch.nn.Module, method: Any) -> dict[str, Any]:
+    """What a report says about the model and the data: for leaderboard entries."""
+    return {"dataset": getattr(args, "dataset_name", None),
+            "model": {"architecture": type(model).__name__, "training": None if method is None else repr(method),
+                      "source": args.checkpoint or args.model}}
+
+
 def load_model(args: argparse.Namespace, num_classes: int | None) -> tuple[torch.nn.Module, Any, Any]:
     """``(model, threat or None, training method or None)`` from ``--checkpoint`` or ``--model``/``--weights``."""
     if bool(args.checkpoint) == bool(args.model):
@@ -136,6 +143,7 @@ def load_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, int
     given = [a for a in ("config", "data", "npz") if getattr(args, a)]
     if len(given) != 1:
         raise UsageError("give exactly one of --config, --data or --npz")
+    args.dataset_name = (args.data or (Path(args.npz).stem if args.npz else None) or "").lower() or None
     if args.npz:
         from robust.data import Npz
 
@@ -158,6 +166,7 @@ def load_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, int
         if args.data_root:
             spec = {**spec, "init_args": {**spec.get("init_args", {}), "root": args.data_root}}
         dm = build(spec)
+        args.dataset_name = type(dm).__name__.lower()
     else:
         from robust.data import create_datamodule
 
@@ -192,7 +201,7 @@ def run(argv: list[str]) -> int:
     from robust.threat import ThreatModel
 
     x, y, num_classes, data_desc = load_data(args)
-    model, ckpt_threat, _ = load_model(args, num_classes)
+    model, ckpt_threat, method = load_model(args, num_classes)
     if args.norm is None and args.eps is None and ckpt_threat is None:
         raise UsageError("no threat model: give --norm and --eps (this model carries none)")
     norm = args.norm or (ckpt_threat.norm if ckpt_threat is not None else "linf")
@@ -224,7 +233,7 @@ def run(argv: list[str]) -> int:
                       seed=args.seed, audit=not args.no_audit, attack_options=options, sweep=sweep,
                       state_path=state, checkpoint=args.checkpoint, progress=progress)
     n = report.n_examples
-    report.protocol["data"] = data_desc
+    report.protocol.update(data=data_desc, **describe_model(args, model, method))
     if args.corruptions:
         from robust.evaluation.corruptions import evaluate_corruptions
 

@@ -66,6 +66,32 @@ def run_recipe(recipe: Path, out: Path, epochs: int | None, progress: bool) -> d
     }
 
 
+def leaderboard_entry(name: str, result: dict[str, Any]) -> dict[str, Any]:
+    """The leaderboard entry of one quickstart model (digits test split, torchattacks PGD-50)."""
+    import hashlib
+
+    import torch
+
+    from robust.evaluation.core import versions
+    from robust.evaluation.stats import accuracy_record
+
+    n, attack = result["n_examples"], result["attack"]
+    ckpt = Path(result["checkpoint"]) if result["checkpoint"] else None
+    return {
+        "name": f"quickstart {name} (CNNMedium)", "architecture": "CNNMedium", "dataset": "digits",
+        "threat": "Linf" if attack["norm"] == "linf" else "L2", "eps": attack["eps"], "eps_str": f"{attack['eps']:g}",
+        "clean": accuracy_record(round(result["clean_accuracy"] * n), n),
+        "robust": accuracy_record(round(result["robust_accuracy"] * n), n),
+        "attack_protocol": {"name": f"pgd-{attack['steps']}", "version": "torchattacks, random start, "
+                            f"{attack['restarts']} restart(s)", "n_examples": n, "seed": attack["seed"],
+                            "torchattacks": versions()["torchattacks"]},
+        "training": {"method": result["method"], "recipe": result["recipe"], "seconds": result["fit_seconds"]},
+        "checkpoint_sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest() if ckpt and ckpt.is_file() else None,
+        "versions": versions(), "hardware": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "wandb_run": result["wandb_run"],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="robust quickstart", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override the recipes' max_epochs")
     parser.add_argument("--skip-standard", action="store_true", help="train only the PGD model")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--leaderboard", default=None,
+                        help="board to add the results to (default: $ROBUST_LEADERBOARD or runs/leaderboard.db)")
     args = parser.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
@@ -107,4 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         if r["wandb_run"]:
             print(f"  {name} wandb run:  {r['wandb_run']}  (upload with `wandb sync {r['wandb_run']}`)")
     print(f"  results: {path}")
+
+    from robust.leaderboard import Store
+    from robust.leaderboard.export import write
+
+    store = Store(args.leaderboard)
+    for name, r in results.items():
+        store.add(leaderboard_entry(name, r))
+    board = write(store.entries(), "html", Path(store.url).with_suffix(".html") if "://" not in store.url
+                  else out / "leaderboard.html")
+    print(f"  added to the leaderboard {store.url} ({len(store)} entries); board: {board.resolve()}")
     return 0

@@ -138,6 +138,12 @@ def test_quickstart_adversarial_training_visibly_helps(tmp_path, monkeypatch):
     assert logged and abs(logged[-1] - pgd["robust_accuracy"]) < 1e-6
     assert any("val/robust_acc" in row for row in run.history)
     assert run.config["method"]["class_path"] == "robust.methods.PGD"
+    from robust.leaderboard import Store
+
+    entries = {e["name"]: e for e in Store(tmp_path / "runs/leaderboard.db").entries()}
+    assert entries["quickstart pgd (CNNMedium)"]["robust"]["accuracy"] == pgd["robust_accuracy"]
+    assert entries["quickstart standard (CNNMedium)"]["clean"]["accuracy"] == standard["clean_accuracy"]
+    assert "quickstart pgd (CNNMedium)" in (tmp_path / "runs/leaderboard.html").read_text()
 
 
 def test_torchvision_model_from_a_recipe_is_stored_as_a_spec(tmp_path, monkeypatch):

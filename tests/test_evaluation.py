@@ -75,7 +75,7 @@ class _Noisy(_Softmax):
 
 def _strip_times(d):
     if isinstance(d, dict):
-        return {k: _strip_times(v) for k, v in d.items() if k not in ("seconds",)}
+        return {k: _strip_times(v) for k, v in d.items() if k not in ("seconds", "timestamp")}
     if isinstance(d, list):
         return [_strip_times(v) for v in d]
     return d

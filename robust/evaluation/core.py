@@ -10,6 +10,7 @@ case (an example is robust only if it survives every attack).
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -380,7 +381,8 @@ def describe_run(model: nn.Module, checkpoint: str | os.PathLike | None) -> dict
         ckpt = {"path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None}
     device = model_device(model)
     return {"versions": versions(), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
-            "model_sha256": model_fingerprint(model), "checkpoint": ckpt}
+            "model_sha256": model_fingerprint(model), "checkpoint": ckpt,
+            "timestamp": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()}
 
 
 def _protocol(threat, settings, n, seed, batch_size, model, checkpoint, n_classes) -> dict[str, Any]:

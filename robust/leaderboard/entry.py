@@ -1,0 +1,276 @@
+"""Leaderboard entries: one per (model, protocol), built from our reports or RobustBench records.
+
+An entry is a plain JSON-able dict (see :data:`FIELDS`); accuracies are fractions in [0, 1]
+with the counts behind them (``correct``/``n``) where known, so 95% intervals can be computed.
+:func:`validate` refuses a malformed entry whole, naming the field that is wrong.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+THREATS = ("Linf", "L2", "corruptions")
+_NORMS = {"linf": "Linf", "l2": "L2", "corruptions": "corruptions"}
+
+FIELDS: dict[str, str] = {
+    "name": "model name shown on the board",
+    "architecture": "network, e.g. WideResNet-28-10",
+    "dataset": "data set, lower case, e.g. cifar10",
+    "threat": "Linf, L2 or corruptions",
+    "eps": "radius in [0, 1] pixel units (None for corruptions)",
+    "eps_str": "the radius as written, e.g. 8/255",
+    "clean": "accuracy record {accuracy, correct, n, ci95}",
+    "robust": "accuracy record under the attack protocol (None for a certified-only entry)",
+    "attack_protocol": "{name, version, n_examples, seed, torchattacks}",
+    "external": "a lower robust accuracy found by an adaptive attack (fraction), or None",
+    "certified": "list of {method, norm, radius, accuracy, correct, n, alpha, n_samples}",
+    "unreliable": "True when the gradient-masking audit flagged the evaluation",
+    "audit_flags": "list of {name, message} from the audit",
+    "training": "{method, recipe, seconds}",
+    "checkpoint_sha256": "sha256 of the checkpoint file",
+    "model_sha256": "sha256 of the weights",
+    "versions": "package versions of the measurement",
+    "hardware": "device of the measurement",
+    "wandb_run": "path of the wandb run",
+    "timestamp": "UTC time of the measurement, ISO 8601",
+    "source": "robust or robustbench",
+    "sweep": "list of {eps, accuracy} for the robust-accuracy-vs-eps curve",
+    "certified_curve": "list of {radius, accuracy} for the certified-accuracy-vs-radius curve",
+    "robustbench": "RobustBench fields kept as given: link, authors, venue, reported, additional_data, "
+                   "number_forward_passes, footnote, corruptions_acc, corruptions_mce",
+}
+
+
+class EntryError(ValueError):
+    """A leaderboard entry or input file that is malformed; the message names the field."""
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _record(value: Any, field: str) -> dict | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or "accuracy" not in value:
+        raise EntryError(f"{field}: expected an accuracy record {{accuracy, correct, n}}, got {value!r}")
+    acc = value["accuracy"]
+    if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0 <= acc <= 1 or math.isnan(acc):
+        raise EntryError(f"{field}.accuracy: expected a fraction in [0, 1], got {acc!r}")
+    out = {"accuracy": float(acc)}
+    for key in ("correct", "n"):
+        v = value.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise EntryError(f"{field}.{key}: expected a count >= 0, got {v!r}")
+        out[key] = v
+    if out["n"] is not None and out["correct"] is not None and out["correct"] > out["n"]:
+        raise EntryError(f"{field}: correct {out['correct']} exceeds n {out['n']}")
+    if value.get("ci95") is not None:
+        out["ci95"] = [float(c) for c in value["ci95"]]
+    return out
+
+
+def _text(value: Any, field: str, required: bool = False) -> str | None:
+    if value is None or value == "":
+        if required:
+            raise EntryError(f"{field}: required")
+        return None
+    if not isinstance(value, str):
+        raise EntryError(f"{field}: expected text, got {type(value).__name__}")
+    return value
+
+
+def validate(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A normalised copy of ``entry``; raises :class:`EntryError` naming the first wrong field."""
+    if not isinstance(entry, Mapping):
+        raise EntryError(f"an entry must be a JSON object, got {type(entry).__name__}")
+    unknown = set(entry) - set(FIELDS) - {"id"}
+    if unknown:
+        raise EntryError(f"unknown field(s) {sorted(unknown)}; known: {', '.join(FIELDS)}")
+    out: dict[str, Any] = {}
+    if entry.get("id") is not None:
+        out["id"] = _text(entry["id"], "id")
+    out["name"] = _text(entry.get("name"), "name", required=True)
+    out["architecture"] = _text(entry.get("architecture"), "architecture")
+    dataset = _text(entry.get("dataset"), "dataset", required=True)
+    out["dataset"] = dataset.lower()
+    threat = entry.get("threat")
+    if threat not in THREATS:
+        raise EntryError(f"threat: expected one of {', '.join(THREATS)}, got {threat!r}")
+    out["threat"] = threat
+    eps = entry.get("eps")
+    if threat == "corruptions":
+        eps = None
+    elif isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+        raise EntryError(f"eps: expected a radius > 0 for the {threat} threat model, got {eps!r}")
+    out["eps"] = None if eps is None else float(eps)
+    out["eps_str"] = _text(entry.get("eps_str"), "eps_str") or (None if eps is None else f"{eps:g}")
+    out["clean"] = _record(entry.get("clean"), "clean")
+    if out["clean"] is None:
+        raise EntryError("clean: required")
+    out["robust"] = _record(entry.get("robust"), "robust")
+    protocol = entry.get("attack_protocol")
+    if out["robust"] is not None:
+        if not isinstance(protocol, Mapping) or not protocol.get("name"):
+            raise EntryError("attack_protocol: a robust accuracy needs the protocol that produced it ({name, ...})")
+        n = protocol.get("n_examples")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise EntryError(f"attack_protocol.n_examples: expected a count >= 1, got {n!r}")
+    out["attack_protocol"] = dict(protocol) if isinstance(protocol, Mapping) else None
+    external = entry.get("external")
+    if external is not None:
+        out["external"] = _record({"accuracy": external}, "external")["accuracy"]
+    else:
+        out["external"] = None
+    certified = entry.get("certified") or []
+    if not isinstance(certified, list):
+        raise EntryError("certified: expected a list")
+    out["certified"] = []
+    for i, c in enumerate(certified):
+        if not isinstance(c, Mapping) or not c.get("method") or c.get("radius") is None:
+            raise EntryError(f"certified[{i}]: expected {{method, norm, radius, accuracy, n, ...}}, got {c!r}")
+        rec = _record(c, f"certified[{i}]")
+        out["certified"].append({**dict(c), **rec, "radius": float(c["radius"])})
+    if out["robust"] is None and not out["certified"]:
+        raise EntryError("robust: an entry needs a robust accuracy or at least one certified accuracy")
+    unreliable = entry.get("unreliable", False)
+    if not isinstance(unreliable, bool):
+        raise EntryError(f"unreliable: expected true or false, got {unreliable!r}")
+    out["unreliable"] = unreliable
+    flags = entry.get("audit_flags") or []
+    if not isinstance(flags, list):
+        raise EntryError("audit_flags: expected a list")
+    out["audit_flags"] = [{"name": str(f.get("name", "")), "message": str(f.get("message", ""))}
+                          if isinstance(f, Mapping) else {"name": str(f), "message": ""} for f in flags]
+    for key in ("training", "versions", "robustbench"):
+        value = entry.get(key)
+        if value is not None and not isinstance(value, Mapping):
+            raise EntryError(f"{key}: expected an object, got {type(value).__name__}")
+        out[key] = dict(value) if value else {}
+    for key in ("checkpoint_sha256", "model_sha256", "hardware", "wandb_run"):
+        out[key] = _text(entry.get(key), key)
+    out["timestamp"] = _text(entry.get("timestamp"), "timestamp") or _now()
+    out["source"] = _text(entry.get("source"), "source") or "robust"
+    for key, x in (("sweep", "eps"), ("certified_curve", "radius")):
+        points = entry.get(key) or []
+        if not isinstance(points, list) or any(not isinstance(p, Mapping) or x not in p or "accuracy" not in p
+                                               for p in points):
+            raise EntryError(f"{key}: expected a list of {{{x}, accuracy}}")
+        out[key] = [{x: float(p[x]), "accuracy": float(p["accuracy"])} for p in points]
+    return out
+
+
+def fingerprint(entry: Mapping[str, Any]) -> str:
+    """sha256 of the entry without its id and timestamp: the same measurement added twice is one entry."""
+    body = {k: v for k, v in entry.items() if k not in ("id", "timestamp")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def robust_value(entry: Mapping[str, Any]) -> float | None:
+    """The robust accuracy a board ranks by: ``external`` (an adaptive attack's lower number)
+    takes precedence over the attack protocol's, as in RobustBench."""
+    if entry.get("external") is not None:
+        return float(entry["external"])
+    robust = entry.get("robust")
+    return None if robust is None else float(robust["accuracy"])
+
+
+# ------------------------------------------------------------------------------ from our reports
+
+
+def _threat(report: Mapping[str, Any]) -> tuple[str, float | None, str | None]:
+    threat = report.get("threat") or {}
+    norm = _NORMS.get(str(threat.get("norm") or threat.get("kind")).lower())
+    if norm is None:
+        raise EntryError(f"report threat {threat!r}: expected an L-inf or L2 threat model")
+    return norm, threat.get("eps"), threat.get("eps_str")
+
+
+def _provenance(report: Mapping[str, Any]) -> dict[str, Any]:
+    protocol = report.get("protocol") or {}
+    model = protocol.get("model") or {}
+    return {
+        "architecture": model.get("architecture"),
+        "dataset": protocol.get("dataset") or "unknown",
+        "training": {k: v for k, v in (("method", model.get("training")), ("recipe", model.get("recipe")))
+                     if v is not None},
+        "checkpoint_sha256": (protocol.get("checkpoint") or {}).get("sha256"),
+        "model_sha256": protocol.get("model_sha256"),
+        "versions": protocol.get("versions") or {},
+        "hardware": protocol.get("device"),
+        "wandb_run": protocol.get("wandb_run"),
+    }
+
+
+def from_report(report: Mapping[str, Any], name: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """An entry from a ``robust evaluate`` or ``robust certify`` report (``report.json``).
+
+    Everything is read from the report: threat, accuracies with their counts, the attack
+    protocol, the audit's verdict and flags, certificates, curves and provenance (architecture,
+    dataset, training method, checkpoint and weights sha256, versions, device, wandb run).
+    ``overrides`` replace fields (e.g. ``name``, ``external``).
+    """
+    prov = _provenance(report)
+    base = {"name": name or report.get("name") or prov["architecture"] or "model", **prov}
+    if report.get("kind") == "certification":
+        entry = _from_certification(report, base)
+    else:
+        entry = _from_evaluation(report, base)
+    entry.update({k: v for k, v in overrides.items() if v is not None})
+    return validate(entry)
+
+
+def _from_evaluation(report: Mapping[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    norm, eps, eps_str = _threat(report)
+    protocol = report.get("protocol") or {}
+    attacks = list((report.get("per_attack") or {}).keys())
+    import_versions = protocol.get("versions") or {}
+    audit = report.get("audit") or {}
+    return {
+        **base, "threat": norm, "eps": eps, "eps_str": eps_str, "clean": report["clean"], "robust": report["robust"],
+        "attack_protocol": {"name": "+".join(attacks), "version": "standard" if attacks == ["autoattack"] else "custom",
+                            "n_examples": report["n_examples"], "seed": protocol.get("seed"),
+                            "torchattacks": import_versions.get("torchattacks")},
+        "unreliable": bool(audit.get("unreliable")),
+        "audit_flags": [{"name": f.get("name"), "message": f.get("message")} for f in audit.get("flags") or []],
+        "sweep": [{"eps": p["eps"], "accuracy": p["robust"]["accuracy"]} for p in report.get("sweep") or []],
+        "timestamp": protocol.get("timestamp"),
+    }
+
+
+def _from_certification(report: Mapping[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    protocol = report.get("protocol") or {}
+    method = report["method"]
+    if method == "smoothing":
+        s = report["settings"]
+        certified = [{"method": "smoothing", "norm": "L2", "radius": m["radius"], **m["certified"],
+                      "sigma": report["sigma"], "alpha": s["alpha"], "n_samples": s["n"]}
+                     for m in report["certified_accuracy"]]
+        radii = sorted({float(r["radius"]) for r in report["per_example"] if r["correct"]})
+        total = max(len(report["per_example"]), 1)
+        curve = [{"radius": r, "accuracy": sum(1 for row in report["per_example"]
+                                               if row["correct"] and row["radius"] >= r) / total}
+                 for r in [0.0, *radii]]
+        largest = max((c["radius"] for c in certified), default=0.0)
+        return {**base, "threat": "L2", "eps": largest or report["sigma"], "eps_str": None,
+                "clean": report["clean"], "robust": None, "certified": certified, "certified_curve": curve,
+                "timestamp": protocol.get("timestamp")}
+    sweep = report.get("sweep") or [report]
+    norm, eps, eps_str = _threat(report)
+    attack = report.get("attack")
+    return {
+        **base, "threat": norm, "eps": eps, "eps_str": eps_str, "clean": report["clean"],
+        "robust": report["robust"] if attack else None,
+        "attack_protocol": None if not attack else {"name": attack["name"], "version": "custom",
+                                                    "n_examples": report["n_examples"],
+                                                    "seed": protocol.get("seed"),
+                                                    "torchattacks": (protocol.get("versions") or {}).get("torchattacks")},
+        "certified": [{"method": method, "norm": norm, "radius": s["threat"]["eps"], **s["certified"]} for s in sweep],
+        "certified_curve": [{"radius": s["threat"]["eps"], "accuracy": s["certified"]["accuracy"]} for s in sweep],
+        "timestamp": protocol.get("timestamp"),
+    }

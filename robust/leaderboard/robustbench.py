@@ -1,0 +1,130 @@
+"""RobustBench ``model_info`` JSON records: import them next to our entries, export ours to submit.
+
+A RobustBench record (``model_info/<dataset>/<threat>/<model>.json``) holds percentages as
+strings (``"clean_acc": "89.69"``), ``eps`` as written (``"8/255"``, null for corruptions) and
+no counts: AutoAttack runs on the full test set (10,000 images for CIFAR-10/100, 5,000 for
+ImageNet), which is the ``n_examples`` an imported record gets unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from robust.leaderboard.entry import THREATS, EntryError, validate
+from robust.threat import parse_eps
+
+FIELDS = ("name", "link", "authors", "additional_data", "number_forward_passes", "dataset", "venue", "architecture",
+          "eps", "clean_acc", "reported", "autoattack_acc", "external", "unreliable", "footnote", "corruptions_acc",
+          "corruptions_mce")
+FULL_TEST_SET = {"cifar10": 10_000, "cifar100": 10_000, "imagenet": 5_000}
+_KEEP = ("link", "authors", "venue", "reported", "additional_data", "number_forward_passes", "footnote",
+         "corruptions_acc", "corruptions_mce")
+
+
+def _percent(info: Mapping[str, Any], field: str, required: bool) -> float | None:
+    value = info.get(field)
+    if value in (None, ""):
+        if required:
+            raise EntryError(f"{field}: required in a RobustBench record")
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise EntryError(f"{field}: expected a percentage such as \"59.53\", got {value!r}") from None
+    if not 0 <= number <= 100 or math.isnan(number):
+        raise EntryError(f"{field}: expected a percentage in [0, 100], got {value!r}")
+    return number / 100
+
+
+def from_robustbench(info: Mapping[str, Any], threat: str | None = None, n_examples: int | None = None,
+                     name: str | None = None) -> dict[str, Any]:
+    """An entry from a RobustBench ``model_info`` record; refused whole, naming the wrong field.
+
+    ``threat`` (Linf, L2 or corruptions) comes from the record's folder in RobustBench; give it,
+    or put it in the record as ``threat_model``.
+    """
+    if not isinstance(info, Mapping):
+        raise EntryError(f"a RobustBench record must be a JSON object, got {type(info).__name__}")
+    unknown = set(info) - set(FIELDS) - {"threat_model", "model_id"}
+    if unknown:
+        raise EntryError(f"unknown RobustBench field(s) {sorted(unknown)}")
+    threat = threat or info.get("threat_model")
+    if threat not in THREATS:
+        raise EntryError(f"threat_model: expected one of {', '.join(THREATS)}, got {threat!r} "
+                         "(RobustBench keeps it in the folder name: pass it explicitly)")
+    dataset = info.get("dataset")
+    if not isinstance(dataset, str) or not dataset:
+        raise EntryError("dataset: required in a RobustBench record")
+    n = n_examples or FULL_TEST_SET.get(dataset.lower())
+    if n is None:
+        raise EntryError(f"dataset {dataset!r}: unknown test-set size; give n_examples")
+    clean = _percent(info, "clean_acc", True)
+    keep = {k: info[k] for k in _KEEP if k in info}
+    entry: dict[str, Any] = {
+        "name": name or info.get("model_id") or info.get("name"), "architecture": info.get("architecture"),
+        "dataset": dataset, "threat": threat, "clean": {"accuracy": clean, "n": n}, "source": "robustbench",
+        "robustbench": {**keep, "name": info.get("name"), "model_id": info.get("model_id")},
+        "unreliable": bool(info.get("unreliable", False)),
+    }
+    if not isinstance(info.get("unreliable", False), bool):
+        raise EntryError(f"unreliable: expected true or false, got {info.get('unreliable')!r}")
+    if threat == "corruptions":
+        corr = _percent(info, "corruptions_acc", True)
+        entry.update(eps=None, robust={"accuracy": corr, "n": None},
+                     attack_protocol={"name": "common-corruptions", "version": "robustbench", "n_examples": n})
+    else:
+        eps_text = info.get("eps")
+        try:
+            eps = parse_eps(eps_text)
+        except (TypeError, ValueError):
+            raise EntryError(f"eps: expected a radius such as \"8/255\", got {eps_text!r}") from None
+        entry.update(eps=eps, eps_str=str(eps_text), robust={"accuracy": _percent(info, "autoattack_acc", True),
+                                                             "n": n},
+                     attack_protocol={"name": "autoattack", "version": "standard", "n_examples": n},
+                     external=_percent(info, "external", False))
+    return validate(entry)
+
+
+def read_robustbench(path: str | Path, threat: str | None = None, n_examples: int | None = None) -> dict[str, Any]:
+    """:func:`from_robustbench` on a file; the file name (without .json) is the model id."""
+    file = Path(path)
+    try:
+        info = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise EntryError(f"{file}: not JSON ({err.msg} at line {err.lineno})") from None
+    if isinstance(info, dict):
+        info = {**info, "model_id": info.get("model_id") or file.stem}
+    if threat is None:  # RobustBench layout: model_info/<dataset>/<threat>/<model>.json
+        folder = file.parent.name
+        threat = folder if folder in THREATS else None
+    return from_robustbench(info, threat, n_examples)
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.2f}"
+
+
+def to_robustbench(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The RobustBench ``model_info`` record of an entry (for a submission or a side-by-side board)."""
+    entry = validate(entry)
+    rb = entry.get("robustbench") or {}
+    out: dict[str, Any] = {
+        "name": rb.get("name") or entry["name"], "link": rb.get("link", ""), "authors": rb.get("authors", ""),
+        "additional_data": rb.get("additional_data", False), "number_forward_passes": rb.get("number_forward_passes", 1),
+        "dataset": entry["dataset"], "venue": rb.get("venue", ""), "architecture": entry.get("architecture") or "",
+        "eps": entry.get("eps_str"), "clean_acc": _pct(entry["clean"]["accuracy"]),
+        "reported": rb.get("reported", ""), "unreliable": entry["unreliable"], "footnote": rb.get("footnote", ""),
+    }
+    robust = entry.get("robust")
+    if entry["threat"] == "corruptions":
+        out["corruptions_acc"] = _pct(None if robust is None else robust["accuracy"])
+        if "corruptions_mce" in rb:
+            out["corruptions_mce"] = rb["corruptions_mce"]
+    else:
+        out["autoattack_acc"] = _pct(None if robust is None else robust["accuracy"])
+        out["external"] = _pct(entry.get("external"))
+    return out
