@@ -28,6 +28,8 @@ commands:
                eps sweep, corruptions, patch, spatial): robust evaluate --checkpoint CKPT --data digits
   certify      certify a checkpoint: randomized smoothing (L2), or IBP / CROWN bounds (L-inf) with an
                attack for what they cannot prove:  robust certify --method crown --checkpoint CKPT --data digits
+  audit        one report for a reviewer: AutoAttack + gradient-masking audit, the certificate that
+               applies, corruptions, provenance, leaderboard entry: robust audit --checkpoint CKPT --data digits
   leaderboard  add reports or RobustBench records, show ranked boards, export md/csv/json/html:
                robust leaderboard add runs/evaluate/report.json; robust leaderboard export --format html
 
@@ -126,6 +128,10 @@ def _main(argv: Sequence[str] | None) -> int:
         from robust.certify_cli import run as certify_run
 
         return certify_run(argv[1:])
+    if command == "audit":
+        from robust.audit_cli import run as audit_run
+
+        return audit_run(argv[1:])
     if command == "leaderboard":
         from robust.leaderboard_cli import run as leaderboard_run
 
