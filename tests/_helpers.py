@@ -138,3 +138,26 @@ def tol(*bounds: torch.Tensor) -> float:
 def logits_of(model: nn.Module, points: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(points.flatten(0, 1)).view(points.shape[0], points.shape[1], -1)
+
+
+# --- checkpoints for the command-line tests --------------------------------------------------------
+
+
+def fit_checkpoint(method: Any, datamodule: Any, path: Any, epochs: int = 3) -> Any:
+    """Train a registry CNN-small on 8x8 digits with ``method`` (Adam 3e-3, no validation) through
+    Lightning, save the checkpoint at ``path`` and the weights at ``path`` with suffix ``.pt``."""
+    import lightning.pytorch as pl
+
+    from robust.models import create
+    from robust.module import RobustClassifier
+
+    torch.manual_seed(0)
+    module = RobustClassifier(create("cnn_small", 10, in_channels=1, input_size=8), method, optimizer="adam",
+                              lr=3e-3, weight_decay=0.0)
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, inference_mode=False,
+                         limit_val_batches=0)
+    trainer.fit(module, datamodule=datamodule)
+    trainer.save_checkpoint(path)
+    torch.save(module.model.state_dict(), path.with_suffix(".pt"))
+    return path

@@ -4,39 +4,24 @@ from __future__ import annotations
 
 import json
 
-import lightning.pytorch as pl
 import pytest
-import torch
 
 from robust.cli import main
 from robust.evaluation.render import fmt_accuracy
 from robust.leaderboard import Store, from_report
 from robust.methods import PGD, GaussianNoise
-from robust.models import create
-from robust.module import RobustClassifier
 from robust.threat import ThreatModel
+
+from _helpers import fit_checkpoint
 
 FAST = ["--data", "digits", "--n-examples", "40", "--attacks", "apgd-ce", "--attack-options",
         '{"apgd-ce": {"steps": 10}}', "--no-progress"]
 
 
-def _checkpoint(tmp, method, digits, name: str):
-    torch.manual_seed(0)
-    module = RobustClassifier(create("cnn_small", 10, in_channels=1, input_size=8), method, optimizer="adam",
-                              lr=3e-3, weight_decay=0.0)
-    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, inference_mode=False,
-                         limit_val_batches=0)
-    trainer.fit(module, datamodule=digits)
-    path = tmp / f"{name}.ckpt"
-    trainer.save_checkpoint(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def pgd_audit(tmp_path_factory, digits):
     tmp = tmp_path_factory.mktemp("audit")
-    ckpt = _checkpoint(tmp, PGD(ThreatModel("linf", 0.1), steps=3), digits, "pgd")
+    ckpt = fit_checkpoint(PGD(ThreatModel("linf", 0.1), steps=3), digits, tmp / "pgd.ckpt")
     out = tmp / "audit"
     assert main(["audit", "--checkpoint", str(ckpt), *FAST, "--no-corruptions", "--out", str(out),
                  "--leaderboard", str(tmp / "board.db"), "--name", "tiny pgd"]) == 0
@@ -73,7 +58,7 @@ def test_every_section_matches_the_underlying_reports(pgd_audit):
 
 
 def test_a_noise_trained_model_gets_smoothing(tmp_path, digits):
-    ckpt = _checkpoint(tmp_path, GaussianNoise(0.25), digits, "noise")
+    ckpt = fit_checkpoint(GaussianNoise(0.25), digits, tmp_path / "noise.ckpt")
     out = tmp_path / "audit"
     assert main(["audit", "--checkpoint", str(ckpt), *FAST, "--norm", "l2", "--eps", "0.25", "--no-corruptions",
                  "--smoothing-n", "200", "--n-examples", "12", "--out", str(out)]) == 0
@@ -86,7 +71,7 @@ def test_a_noise_trained_model_gets_smoothing(tmp_path, digits):
 
 
 def test_no_certificate_is_said_plainly(tmp_path, digits):
-    ckpt = _checkpoint(tmp_path, PGD(ThreatModel("l2", 0.5), steps=3), digits, "l2")
+    ckpt = fit_checkpoint(PGD(ThreatModel("l2", 0.5), steps=3), digits, tmp_path / "l2.ckpt")
     out = tmp_path / "audit"
     assert main(["audit", "--checkpoint", str(ckpt), *FAST, "--no-corruptions", "--n-examples", "12",
                  "--out", str(out)]) == 0

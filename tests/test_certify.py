@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -18,35 +17,21 @@ from robust.certify.verify import consistency, smoothing_tolerance, verify
 from robust.cli import main
 from robust.evaluation.stats import accuracy_record
 from robust.methods import IBP, GaussianNoise, Standard
-from robust.models import create
 from robust.module import RobustClassifier
 
 from _helpers import digits as digits_split
+from _helpers import fit_checkpoint
 from _helpers import one_thread  # noqa: F401  (autouse)
 
 MODEL_ARGS = '{"in_channels": 1, "input_size": 8}'
 
 
-def _fit(method, tmp, name: str, digits, epochs: int = 4) -> Path:
-    torch.manual_seed(0)
-    module = RobustClassifier(create("cnn_small", 10, in_channels=1, input_size=8), method, optimizer="adam",
-                              lr=3e-3, weight_decay=0.0)
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, inference_mode=False,
-                         limit_val_batches=0)
-    trainer.fit(module, datamodule=digits)
-    path = tmp / f"{name}.ckpt"
-    trainer.save_checkpoint(path)
-    torch.save(module.model.state_dict(), tmp / f"{name}.pt")
-    return path
-
-
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory, digits) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("certify")
-    return {"ibp": _fit(IBP(0.05, warmup=1, ramp=3), tmp, "ibp", digits, epochs=10),
-            "noise": _fit(GaussianNoise(0.25), tmp, "noise", digits),
-            "standard": _fit(Standard(), tmp, "standard", digits, epochs=3)}
+    return {"ibp": fit_checkpoint(IBP(0.05, warmup=1, ramp=3), digits, tmp / "ibp.ckpt", epochs=10),
+            "noise": fit_checkpoint(GaussianNoise(0.25), digits, tmp / "noise.ckpt", epochs=4),
+            "standard": fit_checkpoint(Standard(), digits, tmp / "standard.ckpt", epochs=3)}
 
 
 def _model(path: Path) -> torch.nn.Module:

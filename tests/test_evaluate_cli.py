@@ -6,15 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
 
 from robust.cli import main
 from robust.methods import PGD
-from robust.models import create
-from robust.module import RobustClassifier
 from robust.threat import ThreatModel
+
+from _helpers import fit_checkpoint
 
 FAST = ["--attacks", "pgd,fgsm", "--attack-options", '{"pgd": {"steps": 5}}', "--n-examples", "60",
         "--no-progress"]
@@ -24,16 +23,8 @@ FAST = ["--attacks", "pgd,fgsm", "--attack-options", '{"pgd": {"steps": 5}}', "-
 def checkpoint(tmp_path_factory, digits):
     """A registry CNN-small PGD-trained for 3 epochs on digits (L-inf eps 0.1), saved as a checkpoint."""
     tmp = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    module = RobustClassifier(create("cnn_small", 10, in_channels=1, input_size=8),
-                              PGD(ThreatModel("linf", 0.1), steps=3), optimizer="adam", lr=3e-3, weight_decay=0.0)
-    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, inference_mode=False,
-                         limit_val_batches=0)
-    trainer.fit(module, datamodule=digits)
-    path = tmp / "model.ckpt"
-    trainer.save_checkpoint(path)
-    torch.save(module.model.state_dict(), tmp / "weights.pt")
+    path = fit_checkpoint(PGD(ThreatModel("linf", 0.1), steps=3), digits, tmp / "model.ckpt")
+    (tmp / "model.pt").rename(tmp / "weights.pt")
     return path
 
 

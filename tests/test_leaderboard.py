@@ -11,16 +11,15 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 from robust.cli import main
 from robust.leaderboard import EntryError, Store, StoreError, boards, from_report, from_robustbench, to_robustbench
 from robust.leaderboard.export import read_json, render, write
 from robust.leaderboard.store import META
 from robust.methods import PGD
-from robust.models import create
-from robust.module import RobustClassifier
 from robust.threat import ThreatModel
+
+from _helpers import fit_checkpoint
 
 # A RobustBench model_info record as published (cifar10/Linf/Gowal2020Uncovering_28_10_extra.json)
 GOWAL = {
@@ -57,18 +56,8 @@ def store_url(request, tmp_path):
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory, digits) -> dict[str, dict]:
     """A real evaluate report and a real certify (IBP) report of a tiny PGD-trained digits model."""
-    import lightning.pytorch as pl
-
     tmp = tmp_path_factory.mktemp("reports")
-    torch.manual_seed(0)
-    module = RobustClassifier(create("cnn_small", 10, in_channels=1, input_size=8),
-                              PGD(ThreatModel("linf", 0.1), steps=3), optimizer="adam", lr=3e-3, weight_decay=0.0)
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, inference_mode=False,
-                         limit_val_batches=0)
-    trainer.fit(module, datamodule=digits)
-    ckpt = tmp / "model.ckpt"
-    trainer.save_checkpoint(ckpt)
+    ckpt = fit_checkpoint(PGD(ThreatModel("linf", 0.1), steps=3), digits, tmp / "model.ckpt", epochs=2)
     common = ["--checkpoint", str(ckpt), "--data", "digits", "--n-examples", "60", "--no-progress"]
     assert main(["evaluate", *common, "--attacks", "pgd", "--attack-options", '{"pgd": {"steps": 5}}',
                  "--sweep", "0.05", "--out", str(tmp / "eval")]) == 0
