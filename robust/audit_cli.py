@@ -46,6 +46,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/audit")
     p.add_argument("--name", help="model name for the leaderboard entry")
     p.add_argument("--leaderboard", help="also add the entry to this board (SQLite file or SQLAlchemy URL)")
+    p.add_argument("--wandb-project", help="log the audit's evaluation and certification to a wandb run")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -120,6 +121,12 @@ def run(argv: list[str]) -> int:
     if not args.no_corruptions:
         evaluation.corruptions = evaluate_corruptions(model, (x, y), batch_size=args.batch_size, seed=args.seed,
                                                       progress=progress)
+    run_ = None
+    if args.wandb_project:
+        from robust.tracking import run_path, start_run
+
+        run_ = start_run(args.wandb_project, out, "audit", evaluation.protocol)
+        evaluation.protocol["wandb_run"] = run_path(run_)
     evaluation_dict = evaluation.to_dict()
     written = write_report(evaluation_dict, out / "evaluation", examples=evaluation.examples)
     certificate, why = _certification(args, model, x, y, threat, method, progress)
@@ -143,6 +150,15 @@ def run(argv: list[str]) -> int:
                 "json": write_json(audit, stage / "audit.json")}
 
     files = write_staged(out, render)
+    if run_ is not None:
+        from robust.certify.report import log_certification
+        from robust.evaluation.render import log_to_wandb
+        from robust.tracking import finish_run
+
+        log_to_wandb(evaluation_dict, run_, images={k: v for k, v in written.items() if "certification" not in k})
+        if certificate is not None:
+            log_certification(certificate, run_, images={k: v for k, v in written.items() if "certification" in k})
+        finish_run(run_)
     if args.leaderboard:
         from robust.leaderboard.store import Store
 

@@ -129,19 +129,21 @@ def run(argv: list[str]) -> int:
         if args.evaluation:
             certification.compare_with_evaluation(report, _read_report(args.evaluation))
     report["protocol"].update(data=data_desc, **describe_model(args, model, ckpt_method))
+    run_ = None
+    if args.wandb_project:
+        from robust.tracking import run_path, start_run
+
+        run_ = start_run(args.wandb_project, out, "certify", {"method": report["method"], **report["protocol"]})
+        report["protocol"]["wandb_run"] = run_path(run_)  # a leaderboard entry keeps it
     written = certification.write_certification(report, out)
     state = out / STATE_NAME
     if state.exists():
         state.unlink()
-    if args.wandb_project:
-        import wandb
+    if run_ is not None:
+        from robust.tracking import finish_run
 
-        from robust.tracking import wandb_mode
-
-        run_ = wandb.init(project=args.wandb_project, mode=wandb_mode(), dir=str(out), job_type="certify",
-                          config={"method": report["method"], **report["protocol"]})
         certification.log_certification(report, run_, images=written)
-        run_.finish()
+        finish_run(run_)
     _print_summary(report, written)
     return 0 if report["consistency"]["ok"] else 1
 

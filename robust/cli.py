@@ -22,6 +22,7 @@ commands:
   quickstart   train PGD and standard models on the embedded digits data and measure them
                under torchattacks' PGD-50 on the held-out test split (no download needed)
   fit          train from a recipe:         robust fit --config recipes/digits/pgd_cnnmedium.yaml
+               (--no-wandb: without the recipe's wandb logger)
   validate     validate a checkpoint:       robust validate --config RECIPE --ckpt_path CKPT
   test         test a checkpoint:           robust test --config RECIPE --ckpt_path CKPT
   evaluate     measure a checkpoint (AutoAttack, RobustBench protocol, gradient-masking audit,
@@ -118,6 +119,9 @@ def _main(argv: Sequence[str] | None) -> int:
         return 0 if argv else 2
     command = argv[0]
     if command in LIGHTNING_COMMANDS:
+        if "--no-wandb" in argv:  # the recipes' WandbLogger off for this run
+            argv = [a for a in argv if a != "--no-wandb"] + ["--trainer.logger", "false"]
+            from_python = True
         _lightning_cli(argv if from_python else None)
         return 0
     if command == "evaluate":

@@ -247,18 +247,20 @@ def run(argv: list[str]) -> int:
         physical["spatial"] = summarise_threat(model, x[:n], y[:n], "spatial", args.batch_size, seed=args.seed,
                                                progress=progress)
     report.physical = physical or None
+    run_ = None
+    if args.wandb_project:
+        from robust.tracking import run_path, start_run
+
+        run_ = start_run(args.wandb_project, out, "evaluate", report.protocol)
+        report.protocol["wandb_run"] = run_path(run_)  # a leaderboard entry keeps it
     written = write_report(report.to_dict(), out, examples=report.examples)
     if state.exists():
         state.unlink()
-    if args.wandb_project:
-        import wandb
+    if run_ is not None:
+        from robust.tracking import finish_run
 
-        from robust.tracking import wandb_mode
-
-        run_ = wandb.init(project=args.wandb_project, mode=wandb_mode(), dir=str(out), job_type="evaluate",
-                          config=report.protocol)
         log_to_wandb(report.to_dict(), run_, images=written)
-        run_.finish()
+        finish_run(run_)
     _print_summary(report, written)
     return 0
 

@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 from urllib.parse import urlsplit
 
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
@@ -82,6 +82,8 @@ class WandbLogger(_LightningWandbLogger):
 
     ``offline=None`` picks the mode automatically; ``True``/``False`` force it. Offline runs land in
     ``<save_dir>/wandb/offline-run-*/`` (see :attr:`run_dir`) and upload later with ``wandb sync <dir>``.
+    ``log_model=True`` (the default here) logs the checkpoints as a wandb ``model`` artifact when
+    training ends, offline too (``"all"``: every checkpoint as it is written; False: none).
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class WandbLogger(_LightningWandbLogger):
         save_dir: str = ".",
         offline: Optional[bool] = None,
         project: str = "robust",
+        log_model: Union[bool, str] = True,
         **kwargs: Any,
     ) -> None:
         kwargs = {k: v for k, v in kwargs.items() if v is not None}  # jsonargparse passes every wandb.init default
@@ -97,7 +100,7 @@ class WandbLogger(_LightningWandbLogger):
             kwargs["mode"] = wandb_mode() if offline is None else ("offline" if offline else "online")
         os.makedirs(save_dir, exist_ok=True)  # wandb silently falls back to /tmp for a missing dir
         # `offline` is not forwarded: Lightning's version mutates os.environ["WANDB_MODE"].
-        super().__init__(name=name, save_dir=save_dir, project=project, **kwargs)
+        super().__init__(name=name, save_dir=save_dir, project=project, log_model=log_model, **kwargs)
         if self._wandb_init.get("anonymous") is None:  # wandb 0.31 warns about it even when None
             self._wandb_init.pop("anonymous", None)
 
@@ -253,3 +256,25 @@ def read_wandb_run(path: str | os.PathLike) -> WandbRun:
         elif kind == "history":
             run.history.append({_key(i): _value(i) for i in record.history.item})
     return run
+
+
+def start_run(project: str, out_dir: str | os.PathLike, job_type: str, config: dict[str, Any]) -> Any:
+    """A wandb run for a command's report (offline unless wandb is configured online), in ``out_dir``."""
+    import wandb
+
+    return wandb.init(project=project, mode=wandb_mode(), dir=str(out_dir), job_type=job_type, config=config)
+
+
+def run_path(run: Any) -> str:
+    """Where a reader opens the run: ``entity/project/id`` online, the local run folder offline."""
+    if getattr(getattr(run, "settings", None), "mode", None) == "offline" or getattr(run, "offline", False):
+        return str(Path(run.settings.sync_dir))
+    return "/".join(str(p) for p in run.path) if isinstance(run.path, (list, tuple)) else str(run.path)
+
+
+def finish_run(run: Any) -> None:
+    """``run.finish()`` and wait for wandb-core to close the log (see :meth:`WandbLogger.finish`)."""
+    import wandb
+
+    run.finish()
+    wandb.teardown()

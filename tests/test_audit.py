@@ -74,9 +74,13 @@ def test_no_certificate_is_said_plainly(tmp_path, digits):
     ckpt = fit_checkpoint(PGD(ThreatModel("l2", 0.5), steps=3), digits, tmp_path / "l2.ckpt")
     out = tmp_path / "audit"
     assert main(["audit", "--checkpoint", str(ckpt), *FAST, "--no-corruptions", "--n-examples", "12",
-                 "--out", str(out)]) == 0
+                 "--wandb-project", "robust-test", "--out", str(out)]) == 0
     audit = json.loads((out / "audit.json").read_text())
     assert audit["certification"] is None and not audit["proven"]
+    from robust.tracking import read_wandb_run
+
+    run = read_wandb_run(audit["leaderboard_entry"]["wandb_run"])
+    assert run.summary["eval/robust_accuracy"] == audit["evaluation"]["robust"]["accuracy"]
     assert any("no certificate" in u for u in audit["not_checked"])
     assert "nothing: no certificate applies" in (out / "audit.md").read_text() or "- nothing" in \
         (out / "audit.md").read_text()

@@ -220,6 +220,7 @@ def test_wandb_run_gets_the_certificates(ckpts, tmp_path):
     report = json.loads((out / "report.json").read_text())
     (log,) = list(Path(out / "wandb").glob("offline-run-*/run-*.wandb"))
     run = read_wandb_run(log)
+    assert report["protocol"]["wandb_run"] == str(log.parent)  # the leaderboard entry keeps it
     assert run.summary["certify/certified_accuracy_eps0.05"] == pytest.approx(report["certified"]["accuracy"])
     assert run.summary["certify/clean_accuracy"] == pytest.approx(report["clean"]["accuracy"])
 

@@ -163,3 +163,12 @@ def test_torchvision_model_from_a_recipe_is_stored_as_a_spec(tmp_path, monkeypat
     from robust.spec import build
 
     assert type(build(spec)).__name__ == "ResNet"
+
+
+def test_fit_without_wandb(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = RECIPES / "digits/standard_cnnmedium.yaml"
+    assert main(["fit", "--config", str(recipe), "--no-wandb", "--trainer.max_epochs", "1",
+                 "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+                 "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.enable_progress_bar", "false"]) == 0
+    assert list((tmp_path / "run").rglob("*.ckpt")) and not list(tmp_path.rglob("wandb"))

@@ -120,4 +120,5 @@ def test_wandb_run_gets_the_summary(checkpoint, tmp_path):
     report = json.loads((out / "report.json").read_text())
     (log,) = list(Path(out / "wandb").glob("offline-run-*/run-*.wandb"))
     run = read_wandb_run(log)
+    assert report["protocol"]["wandb_run"] == str(log.parent)  # the leaderboard entry keeps it
     assert run.summary["eval/robust_accuracy"] == pytest.approx(report["robust_accuracy"])

@@ -118,3 +118,23 @@ def test_offline_unless_configured_online(monkeypatch, tmp_path):
     (tmp_path / ".netrc").unlink()
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
     assert wandb_mode() == "online"
+
+
+def test_checkpoints_become_a_model_artifact_offline(tmp_path, monkeypatch):
+    for var in _CLEAR:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.chdir(tmp_path)
+    data = TensorDataset(torch.randn(8, 3), torch.randint(0, 2, (8,)))
+    logger = wandb_logger(project="robust-test", save_dir=tmp_path)
+    trainer = pl.Trainer(logger=logger, max_epochs=1, accelerator="cpu", enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer.fit(Tiny(), DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))
+    run_dir = logger.finish()
+    run = read_wandb_run(run_dir)
+    log = next(run_dir.glob("run-*.wandb")).read_bytes()
+    assert f"model-{run.run_id}".encode() in log  # Lightning's artifact name for the run's checkpoints
+    assert b'"original_filename":"epoch=0-step=2.ckpt"' in log
