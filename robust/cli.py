@@ -22,7 +22,7 @@ commands:
   quickstart   train PGD and standard models on the embedded digits data and measure them
                under torchattacks' PGD-50 on the held-out test split (no download needed)
   fit          train from a recipe:         robust fit --config recipes/digits/pgd_cnnmedium.yaml
-               (--no-wandb: without the recipe's wandb logger)
+               (--no-wandb: without the recipe's wandb logger; --wandb-project NAME: its project)
   validate     validate a checkpoint:       robust validate --config RECIPE --ckpt_path CKPT
   test         test a checkpoint:           robust test --config RECIPE --ckpt_path CKPT
   evaluate     measure a checkpoint (AutoAttack, RobustBench protocol, gradient-masking audit,
@@ -46,6 +46,7 @@ def recipes_dir() -> Path:
 def _lightning_cli(args: Sequence[str] | None, run: bool = True) -> Any:
     from lightning.pytorch.cli import LightningCLI
 
+    from robust.callbacks import WandbResults
     from robust.data.base import RobustDataModule
     from robust.module import RobustClassifier
 
@@ -76,7 +77,7 @@ def _lightning_cli(args: Sequence[str] | None, run: bool = True) -> Any:
         RobustClassifier,
         RobustDataModule,
         subclass_mode_data=True,
-        trainer_defaults={"inference_mode": False},
+        trainer_defaults={"inference_mode": False, "callbacks": [WandbResults()]},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         args=None if args is None else list(args),
@@ -121,6 +122,10 @@ def _main(argv: Sequence[str] | None) -> int:
     if command in LIGHTNING_COMMANDS:
         if "--no-wandb" in argv:  # the recipes' WandbLogger off for this run
             argv = [a for a in argv if a != "--no-wandb"] + ["--trainer.logger", "false"]
+            from_python = True
+        if "--wandb-project" in argv[:-1]:  # shorthand for the recipes' logger's project
+            i = argv.index("--wandb-project")
+            argv = argv[:i] + ["--trainer.logger.init_args.project", argv[i + 1]] + argv[i + 2:]
             from_python = True
         _lightning_cli(argv if from_python else None)
         return 0

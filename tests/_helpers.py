@@ -161,3 +161,37 @@ def fit_checkpoint(method: Any, datamodule: Any, path: Any, epochs: int = 3) -> 
     trainer.save_checkpoint(path)
     torch.save(module.model.state_dict(), path.with_suffix(".pt"))
     return path
+
+
+def assert_audit_matches_reports(out: Any, name: str | None = None) -> dict:
+    """Every section of a ``robust audit`` folder agrees with the evaluation and certification
+    reports beside it (IBP/CROWN certification); returns the evaluation report."""
+    import json
+
+    from robust.evaluation.render import fmt_accuracy
+    from robust.leaderboard import from_report
+
+    audit = json.loads((out / "audit.json").read_text())
+    evaluation = json.loads((out / "evaluation/report.json").read_text())
+    certification = json.loads((out / "certification/report.json").read_text())
+    assert audit["evaluation"] == evaluation and audit["certification"] == certification
+    assert evaluation["threat"]["eps"] == certification["threat"]["eps"]
+    assert certification["method"] == "crown" and "CROWN" in audit["certification_method"]
+    assert audit["provenance"]["checkpoint"]["sha256"] == evaluation["protocol"]["checkpoint"]["sha256"]
+    assert len(audit["provenance"]["data_sha256"]) == 64 and audit["provenance"]["dataset"] == "digits"
+    md = (out / "audit.md").read_text()
+    for needle in (fmt_accuracy(evaluation["clean"]), fmt_accuracy(evaluation["robust"]),
+                   fmt_accuracy(certification["certified"]), "## Proven", "## Measured", "## Not checked",
+                   "per_class.png"):
+        assert needle in md, needle
+    assert any(fmt_accuracy(evaluation["robust"]) in m for m in audit["measured"])
+    assert any(fmt_accuracy(certification["certified"]) in p for p in audit["proven"])
+    # the evaluation's attacks falsify too: checked per example against the certificate
+    assert any("(evaluation report)" in c["name"] for c in certification["consistency"]["checks"])
+    assert certification["consistency"]["ok"]
+    entry = json.loads((out / "entry.json").read_text())
+    expected = from_report(evaluation, name=name)
+    assert {k: v for k, v in entry.items() if k not in ("certified", "timestamp")} == \
+        {k: v for k, v in expected.items() if k not in ("certified", "timestamp")}
+    assert entry["certified"][0]["correct"] == certification["certified"]["correct"]
+    return evaluation

@@ -144,6 +144,13 @@ def test_quickstart_adversarial_training_visibly_helps(tmp_path, monkeypatch):
     assert entries["quickstart pgd (CNNMedium)"]["robust"]["accuracy"] == pgd["robust_accuracy"]
     assert entries["quickstart standard (CNNMedium)"]["clean"]["accuracy"] == standard["clean_accuracy"]
     assert "quickstart pgd (CNNMedium)" in (tmp_path / "runs/leaderboard.html").read_text()
+    # the reviewer's document for the quickstart's checkpoint (on 20 test digits, a short attack)
+    from _helpers import assert_audit_matches_reports
+
+    assert main(["audit", "--checkpoint", pgd["checkpoint"], "--data", "digits", "--n-examples", "20",
+                 "--attacks", "apgd-ce", "--attack-options", '{"apgd-ce": {"steps": 10}}', "--no-corruptions",
+                 "--no-progress", "--out", str(tmp_path / "audit")]) == 0
+    assert assert_audit_matches_reports(tmp_path / "audit")["threat"]["eps"] == 0.2
 
 
 def test_torchvision_model_from_a_recipe_is_stored_as_a_spec(tmp_path, monkeypatch):

@@ -138,3 +138,45 @@ def test_checkpoints_become_a_model_artifact_offline(tmp_path, monkeypatch):
     log = next(run_dir.glob("run-*.wandb")).read_bytes()
     assert f"model-{run.run_id}".encode() in log  # Lightning's artifact name for the run's checkpoints
     assert b'"original_filename":"epoch=0-step=2.ckpt"' in log
+
+
+class Accuracies(Tiny):
+    def validation_step(self, batch, batch_idx):
+        self.log("val/clean_acc", 0.5 + 0.25 * self.current_epoch)
+        self.log("val/robust_acc", 0.25 * self.current_epoch)
+
+    def test_step(self, batch, batch_idx):
+        self.log("test/clean_acc", 0.75)
+
+
+def test_results_table_and_curves_reach_the_run(tmp_path, monkeypatch):
+    from robust.callbacks import WandbResults
+
+    for var in _CLEAR:
+        monkeypatch.delenv(var, raising=False)
+    for var, value in (("HOME", str(tmp_path)), ("WANDB_MODE", "offline"), ("WANDB_DIR", str(tmp_path)),
+                       ("WANDB_SILENT", "true")):
+        monkeypatch.setenv(var, value)
+    monkeypatch.chdir(tmp_path)
+    data = DataLoader(TensorDataset(torch.randn(8, 3), torch.randint(0, 2, (8,))), batch_size=4)
+    logger = wandb_logger(project="robust-test", save_dir=tmp_path, log_model=False)
+    results = WandbResults()
+    trainer = pl.Trainer(logger=logger, max_epochs=2, accelerator="cpu", enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, enable_checkpointing=False,
+                         callbacks=[results])
+    model = Accuracies()
+    trainer.fit(model, data, data)
+    trainer.test(model, data, verbose=False)
+    run = read_wandb_run(logger.finish())
+    assert results.rows == [{"epoch": 0, "clean_acc": 0.5, "robust_acc": 0.0},
+                            {"epoch": 1, "clean_acc": 0.75, "robust_acc": 0.25}]
+    logged = {k: v for row in run.history for k, v in row.items() if k.startswith("results/")}
+    assert logged["results/validation/_type"] == "table-file" and logged["results/validation/nrows"] == 2
+    assert logged["results/validation/ncols"] == 3  # epoch, clean_acc, robust_acc
+    assert logged["results/accuracy_curves/_type"] == "image-file"
+    assert logged["results/test/_type"] == "table-file" and logged["results/test/nrows"] == 1
+
+    quiet = WandbResults()  # without a wandb logger it does nothing
+    pl.Trainer(logger=False, max_epochs=1, accelerator="cpu", enable_progress_bar=False, enable_model_summary=False,
+               num_sanity_val_steps=0, enable_checkpointing=False, callbacks=[quiet]).fit(Accuracies(), data, data)
+    assert quiet.rows == []

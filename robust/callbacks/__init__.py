@@ -1,5 +1,6 @@
 """Lightning callbacks for robust training."""
 
 from robust.callbacks.overfitting import CatastrophicOverfitting
+from robust.callbacks.wandb_results import WandbResults
 
-__all__ = ["CatastrophicOverfitting"]
+__all__ = ["CatastrophicOverfitting", "WandbResults"]
