@@ -26,7 +26,10 @@ from typing import Any
 
 import torch
 
-from robust.evaluate_cli import UsageError, _json_arg, add_source_arguments, describe_model, load_data, load_model
+from robust.evaluate_cli import (
+    UsageError, _json_arg, add_source_arguments, add_wandb_arguments, describe_model, load_data, load_model,
+    wandb_project,
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -46,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/audit")
     p.add_argument("--name", help="model name for the leaderboard entry")
     p.add_argument("--leaderboard", help="also add the entry to this board (SQLite file or SQLAlchemy URL)")
-    p.add_argument("--wandb-project", help="log the audit's evaluation and certification to a wandb run")
+    add_wandb_arguments(p)
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -122,7 +125,7 @@ def run(argv: list[str]) -> int:
         evaluation.corruptions = evaluate_corruptions(model, (x, y), batch_size=args.batch_size, seed=args.seed,
                                                       progress=progress)
     run_ = None
-    if args.wandb_project:
+    if wandb_project(args):
         from robust.tracking import run_path, start_run
 
         run_ = start_run(args.wandb_project, out, "audit", evaluation.protocol)

@@ -24,7 +24,10 @@ from typing import Any
 
 import torch
 
-from robust.evaluate_cli import UsageError, _json_arg, add_source_arguments, describe_model, load_data, load_model
+from robust.evaluate_cli import (
+    UsageError, _json_arg, add_source_arguments, add_wandb_arguments, describe_model, load_data, load_model,
+    wandb_project,
+)
 
 STATE_NAME = "certify_state.jsonl"
 
@@ -65,7 +68,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     run.add_argument("--out", default="runs/certify", help="output folder")
     run.add_argument("--fresh", action="store_true", help="discard a resume state left in --out by another run")
-    run.add_argument("--wandb-project", help="log the report to a wandb run in this project")
+    add_wandb_arguments(run)
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -130,7 +133,7 @@ def run(argv: list[str]) -> int:
             certification.compare_with_evaluation(report, _read_report(args.evaluation))
     report["protocol"].update(data=data_desc, **describe_model(args, model, ckpt_method))
     run_ = None
-    if args.wandb_project:
+    if wandb_project(args):
         from robust.tracking import run_path, start_run
 
         run_ = start_run(args.wandb_project, out, "certify", {"method": report["method"], **report["protocol"]})

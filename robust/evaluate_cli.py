@@ -40,6 +40,20 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument("--split", choices=("test", "val"), default="test", help="which split to evaluate")
 
 
+def add_wandb_arguments(group: Any) -> None:
+    """``--wandb-project NAME`` (log the report to a wandb run) and ``--no-wandb`` (do not; the default)."""
+    group.add_argument("--wandb-project", help="log the report to a wandb run in this project (offline unless "
+                                               "wandb is configured online)")
+    group.add_argument("--no-wandb", action="store_true", help="no wandb run (the default without --wandb-project)")
+
+
+def wandb_project(args: argparse.Namespace) -> str | None:
+    """The project to log to, refusing ``--wandb-project`` together with ``--no-wandb``."""
+    if args.wandb_project and args.no_wandb:
+        raise UsageError("give --wandb-project or --no-wandb, not both")
+    return None if args.no_wandb else args.wandb_project
+
+
 def parser() -> argparse.ArgumentParser:
     from robust.attacks.evaluation import list_attacks
 
@@ -70,8 +84,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     run.add_argument("--out", default="runs/evaluate", help="output folder (report.json, report.md, PNGs, state)")
     run.add_argument("--fresh", action="store_true", help="discard a resume state left in --out by another run")
-    run.add_argument("--wandb-project", help="log the report to a wandb run in this project (offline unless "
-                                              "wandb is configured online)")
+    add_wandb_arguments(run)
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -248,7 +261,7 @@ def run(argv: list[str]) -> int:
                                                progress=progress)
     report.physical = physical or None
     run_ = None
-    if args.wandb_project:
+    if wandb_project(args):
         from robust.tracking import run_path, start_run
 
         run_ = start_run(args.wandb_project, out, "evaluate", report.protocol)

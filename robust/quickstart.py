@@ -22,13 +22,16 @@ from robust.evaluation.stats import clopper_pearson
 RECIPES = {"pgd": "digits/pgd_cnnmedium.yaml", "standard": "digits/standard_cnnmedium.yaml"}
 
 
-def run_recipe(recipe: Path, out: Path, epochs: int | None, progress: bool, wandb: bool = True) -> dict[str, Any]:
+def run_recipe(recipe: Path, out: Path, epochs: int | None, progress: bool, wandb: bool = True,
+               project: str | None = None) -> dict[str, Any]:
     """Fit ``recipe`` into ``out``, then test its best checkpoint; return the measured figures."""
     from robust.cli import _lightning_cli
 
     args = ["--config", str(recipe), "--trainer.default_root_dir", str(out),
             "--trainer.enable_progress_bar", str(progress).lower()]
     args += ["--trainer.logger.init_args.save_dir", str(out)] if wandb else ["--trainer.logger", "false"]
+    if wandb and project:
+        args += ["--trainer.logger.init_args.project", project]
     if epochs is not None:
         args += ["--trainer.max_epochs", str(epochs)]
     cli = _lightning_cli(args, run=False)
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-standard", action="store_true", help="train only the PGD model")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--no-wandb", action="store_true", help="train without the recipes' wandb logger")
+    parser.add_argument("--wandb-project", help="wandb project of the training runs (default: the recipes', robust)")
     parser.add_argument("--leaderboard", default=None,
                         help="board to add the results to (default: $ROBUST_LEADERBOARD or runs/leaderboard.db)")
     args = parser.parse_args(argv)
@@ -118,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         if not recipe.is_file():
             parser.error(f"recipe not found: {recipe} (install the repository with `pip install -e .`)")
         print(f"\n== training {RECIPES[name]} ==", flush=True)
-        results[name] = run_recipe(recipe, out / name, args.epochs, not args.no_progress, wandb=not args.no_wandb)
+        results[name] = run_recipe(recipe, out / name, args.epochs, not args.no_progress, wandb=not args.no_wandb,
+                                   project=args.wandb_project)
 
     path = out / "results.json"
     path.write_text(json.dumps(results, indent=2) + "\n")

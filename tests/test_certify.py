@@ -198,6 +198,7 @@ def test_cli_exits_1_when_inconsistent(ckpts, tmp_path, monkeypatch, capsys):
     (["--method", "crown", "--checkpoint", "{ibp}", "--attack", "pgd100"], "unknown attack 'pgd100'"),
     (["--method", "ibp", "--checkpoint", "{ibp}", "--evaluation", "{tmp}/none.json"], "none.json"),
     (["--method", "ibp", "--checkpoint", "{tmp}/missing.ckpt"], "missing.ckpt"),
+    (["--method", "ibp", "--checkpoint", "{ibp}", "--wandb-project", "p", "--no-wandb"], "not both"),
 ])
 def test_bad_input_gives_one_line_and_exit_2(ckpts, tmp_path, capsys, args, message):
     fill = {"{w}": ckpts["noise"].with_suffix(".pt"), "{noise}": ckpts["noise"], "{ibp}": ckpts["ibp"],
