@@ -34,6 +34,18 @@ class Tiny(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
 
+@pytest.fixture
+def offline_wandb(tmp_path, monkeypatch):
+    """An isolated offline wandb: no user settings, runs under tmp_path (which is also the cwd)."""
+    for var in _CLEAR:
+        monkeypatch.delenv(var, raising=False)
+    for var, value in (("HOME", str(tmp_path)), ("WANDB_MODE", "offline"), ("WANDB_DIR", str(tmp_path)),
+                       ("WANDB_SILENT", "true")):
+        monkeypatch.setenv(var, value)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One 2-epoch offline run (2 steps/epoch); yields (module, run_dir)."""
@@ -120,14 +132,8 @@ def test_offline_unless_configured_online(monkeypatch, tmp_path):
     assert wandb_mode() == "online"
 
 
-def test_checkpoints_become_a_model_artifact_offline(tmp_path, monkeypatch):
-    for var in _CLEAR:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.chdir(tmp_path)
+def test_checkpoints_become_a_model_artifact_offline(offline_wandb):
+    tmp_path = offline_wandb
     data = TensorDataset(torch.randn(8, 3), torch.randint(0, 2, (8,)))
     logger = wandb_logger(project="robust-test", save_dir=tmp_path)
     trainer = pl.Trainer(logger=logger, max_epochs=1, accelerator="cpu", enable_progress_bar=False,
@@ -149,15 +155,10 @@ class Accuracies(Tiny):
         self.log("test/clean_acc", 0.75)
 
 
-def test_results_table_and_curves_reach_the_run(tmp_path, monkeypatch):
+def test_results_table_and_curves_reach_the_run(offline_wandb):
     from robust.callbacks import WandbResults
 
-    for var in _CLEAR:
-        monkeypatch.delenv(var, raising=False)
-    for var, value in (("HOME", str(tmp_path)), ("WANDB_MODE", "offline"), ("WANDB_DIR", str(tmp_path)),
-                       ("WANDB_SILENT", "true")):
-        monkeypatch.setenv(var, value)
-    monkeypatch.chdir(tmp_path)
+    tmp_path = offline_wandb
     data = DataLoader(TensorDataset(torch.randn(8, 3), torch.randint(0, 2, (8,))), batch_size=4)
     logger = wandb_logger(project="robust-test", save_dir=tmp_path, log_model=False)
     results = WandbResults()
