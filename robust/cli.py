@@ -31,6 +31,8 @@ commands:
                attack for what they cannot prove:  robust certify --method crown --checkpoint CKPT --data digits
   audit        one report for a reviewer: AutoAttack + gradient-masking audit, the certificate that
                applies, corruptions, provenance, leaderboard entry: robust audit --checkpoint CKPT --data digits
+  export       ONNX and TorchScript files of a checkpoint, checked against it (predictions and
+               robust accuracy on the same adversarial examples): robust export --checkpoint CKPT --data digits
   leaderboard  add reports or RobustBench records, show ranked boards, export md/csv/json/html:
                robust leaderboard add runs/evaluate/report.json; robust leaderboard export --format html
 
@@ -141,6 +143,10 @@ def _main(argv: Sequence[str] | None) -> int:
         from robust.audit_cli import run as audit_run
 
         return audit_run(argv[1:])
+    if command == "export":
+        from robust.export_cli import run as export_run
+
+        return export_run(argv[1:])
     if command == "leaderboard":
         from robust.leaderboard_cli import run as leaderboard_run
 
