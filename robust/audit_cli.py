@@ -19,7 +19,6 @@ board with ``--leaderboard``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,8 @@ from typing import Any
 import torch
 
 from robust.evaluate_cli import (
-    UsageError, _json_arg, add_source_arguments, add_wandb_arguments, describe_model, load_data, load_model,
-    wandb_project,
+    UsageError, _json_arg, add_run_arguments, add_source_arguments, check_run_arguments, describe_model, load_data,
+    load_model, wandb_project,
 )
 
 
@@ -42,15 +41,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--attack-options", default="{}", help="JSON overrides per attack")
     p.add_argument("--smoothing-n", type=int, default=10_000, help="Monte Carlo samples per smoothing certificate")
     p.add_argument("--no-corruptions", action="store_true")
-    p.add_argument("--n-examples", type=int, help="audit the first N examples of the split")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", default="runs/audit")
+    add_run_arguments(p, "audit", "runs/audit", fresh=False)
     p.add_argument("--name", help="model name for the leaderboard entry")
     p.add_argument("--leaderboard", help="also add the entry to this board (SQLite file or SQLAlchemy URL)")
-    add_wandb_arguments(p)
-    p.add_argument("--no-progress", action="store_true")
     return p
 
 
@@ -99,17 +92,13 @@ def run(argv: list[str]) -> int:
 
     x, y, num_classes, data_desc = load_data(args)
     model, ckpt_threat, method = load_model(args, num_classes)
+    device = check_run_arguments(args)
     if args.n_examples is not None:
-        if args.n_examples < 1:
-            raise UsageError(f"--n-examples must be >= 1, got {args.n_examples}")
         x, y = x[:args.n_examples], y[:args.n_examples]
     if args.eps is None and ckpt_threat is None:
         raise UsageError("no threat model: give --norm and --eps (this model carries none)")
     threat = ThreatModel(args.norm or (ckpt_threat.norm if ckpt_threat else "linf"),
                          args.eps if args.eps is not None else ckpt_threat.eps)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda but CUDA is not available")
     model = model.to(device).eval()
     out = Path(args.out)
     progress = not args.no_progress
@@ -247,7 +236,7 @@ def render_markdown(audit: dict, written: dict[str, Path], out: Path) -> str:
                       certificate["certified_accuracy"]]
         else:
             lines += [f"- certified: {fmt_accuracy(certificate['certified'])}",
-                      f"- statuses: " + ", ".join(f"{k} {v}" for k, v in certificate["status_counts"].items())]
+                      "- statuses: " + ", ".join(f"{k} {v}" for k, v in certificate["status_counts"].items())]
         consistent = certificate["consistency"]["ok"]
         lines += ["", f"certified <= robust <= clean: {'holds' if consistent else 'VIOLATED'}.",
                   "Full report: `certification/report.md`.", ""]

@@ -22,11 +22,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from robust.evaluate_cli import (
-    UsageError, _json_arg, add_source_arguments, add_wandb_arguments, describe_model, load_data, load_model,
-    wandb_project,
+    UsageError, _json_arg, add_run_arguments, add_source_arguments, check_run_arguments, describe_model, load_data,
+    load_model, wandb_project,
 )
 
 STATE_NAME = "certify_state.jsonl"
@@ -61,15 +60,8 @@ def parser() -> argparse.ArgumentParser:
     bp.add_argument("--attack-options", default="{}", help='JSON settings of the attack, e.g. \'{"steps": 100}\'')
     bp.add_argument("--evaluation", help="a robust evaluate report.json of the same model and threat: check "
                                          "certified <= its robust accuracy <= clean, per example when possible")
-    run = p.add_argument_group("run")
-    run.add_argument("--n-examples", type=int, help="certify the first N examples of the split")
-    run.add_argument("--batch-size", type=int, help="default: 1000 noisy samples on CPU, 10,000 on CUDA (smoothing), 128 images (bounds)")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    run.add_argument("--out", default="runs/certify", help="output folder")
-    run.add_argument("--fresh", action="store_true", help="discard a resume state left in --out by another run")
-    add_wandb_arguments(run)
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_arguments(p, "certify", "runs/certify", batch_size=None,
+                      batch_help="default: 1000 noisy samples on CPU, 10,000 on CUDA (smoothing), 128 images (bounds)")
     return p
 
 
@@ -89,13 +81,7 @@ def run(argv: list[str]) -> int:
 
     x, y, num_classes, data_desc = load_data(args)
     model, ckpt_threat, ckpt_method = load_model(args, num_classes)
-    if args.n_examples is not None and args.n_examples < 1:
-        raise UsageError(f"--n-examples must be >= 1, got {args.n_examples}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda but CUDA is not available")
+    device = check_run_arguments(args)
     model = model.to(device).eval()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -14,6 +15,11 @@ from pathlib import Path
 from typing import Any
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+COMMANDS = {  # command -> "module:function(argv)", imported on use
+    "evaluate": "robust.evaluate_cli:run", "certify": "robust.certify_cli:run", "audit": "robust.audit_cli:run",
+    "export": "robust.export_cli:run", "leaderboard": "robust.leaderboard_cli:run",
+    "quickstart": "robust.quickstart:main",
+}
 USAGE = """usage: robust <command> [options]
 
 Harden PyTorch image classifiers against adversarial perturbations and measure how robust they are.
@@ -131,30 +137,9 @@ def _main(argv: Sequence[str] | None) -> int:
             from_python = True
         _lightning_cli(argv if from_python else None)
         return 0
-    if command == "evaluate":
-        from robust.evaluate_cli import run
-
-        return run(argv[1:])
-    if command == "certify":
-        from robust.certify_cli import run as certify_run
-
-        return certify_run(argv[1:])
-    if command == "audit":
-        from robust.audit_cli import run as audit_run
-
-        return audit_run(argv[1:])
-    if command == "export":
-        from robust.export_cli import run as export_run
-
-        return export_run(argv[1:])
-    if command == "leaderboard":
-        from robust.leaderboard_cli import run as leaderboard_run
-
-        return leaderboard_run(argv[1:])
-    if command == "quickstart":
-        from robust.quickstart import main as quickstart_main
-
-        return quickstart_main(argv[1:])
+    if command in COMMANDS:
+        module, function = COMMANDS[command].split(":")
+        return getattr(importlib.import_module(module), function)(argv[1:])
     print(f"robust: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -47,6 +47,35 @@ def add_wandb_arguments(group: Any) -> None:
     group.add_argument("--no-wandb", action="store_true", help="no wandb run (the default without --wandb-project)")
 
 
+def add_run_arguments(p: argparse.ArgumentParser, verb: str, out: str, batch_size: int | None = 256,
+                      batch_help: str | None = None, fresh: bool = True) -> Any:
+    """The options every measuring command shares: examples, batch size, seed, device, output
+    folder, resume state (``fresh``), wandb and progress bars. Returns the argument group."""
+    run = p.add_argument_group("run")
+    run.add_argument("--n-examples", type=int, help=f"{verb} the first N examples of the split")
+    run.add_argument("--batch-size", type=int, default=batch_size, help=batch_help)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    run.add_argument("--out", default=out, help="output folder")
+    if fresh:
+        run.add_argument("--fresh", action="store_true", help="discard a resume state left in --out by another run")
+    add_wandb_arguments(run)
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return run
+
+
+def check_run_arguments(args: argparse.Namespace) -> torch.device:
+    """Refuse bad shared options with a one-line message; return the device to run on."""
+    for name in ("n_examples", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda but CUDA is not available")
+    return device
+
+
 def wandb_project(args: argparse.Namespace) -> str | None:
     """The project to log to, refusing ``--wandb-project`` together with ``--no-wandb``."""
     if args.wandb_project and args.no_wandb:
@@ -77,15 +106,7 @@ def parser() -> argparse.ArgumentParser:
                      help="also attack with an adversarial square patch covering FRACTION of the image")
     thr.add_argument("--spatial", action="store_true",
                      help="also measure the worst case over rotations (+-30 deg) and translations (+-3 px)")
-    run = p.add_argument_group("run")
-    run.add_argument("--n-examples", type=int, help="evaluate the first N examples of the split")
-    run.add_argument("--batch-size", type=int, default=256)
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    run.add_argument("--out", default="runs/evaluate", help="output folder (report.json, report.md, PNGs, state)")
-    run.add_argument("--fresh", action="store_true", help="discard a resume state left in --out by another run")
-    add_wandb_arguments(run)
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_arguments(p, "evaluate", "runs/evaluate")
     return p
 
 
@@ -225,11 +246,7 @@ def run(argv: list[str]) -> int:
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     options = _json_arg(args.attack_options, "--attack-options")
     sweep = [e.strip() for e in args.sweep.split(",") if e.strip()] if args.sweep else None
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda but CUDA is not available")
+    device = check_run_arguments(args)
     model = model.to(device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

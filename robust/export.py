@@ -20,7 +20,7 @@ from torch import nn
 
 from robust.attacks.evaluation import build_attack, check_images
 from robust.evaluation.stats import accuracy_record
-from robust.runtime import eval_mode
+from robust.runtime import batched_logits, eval_mode
 from robust.threat import ThreatModel
 
 FORMATS = ("onnx", "torchscript")
@@ -80,10 +80,6 @@ def load_exported(fmt: str, path: str | Path) -> Callable[[torch.Tensor], torch.
     raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
-def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([fn(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-
-
 def verify_export(model: nn.Module, exported: dict[str, Path], x: torch.Tensor, y: torch.Tensor,
                   threat: ThreatModel | dict, attack: str = "pgd", attack_options: dict | None = None,
                   batch_size: int = 256, seed: int = 0, tolerance: float = 0.005) -> dict[str, Any]:
@@ -94,23 +90,23 @@ def verify_export(model: nn.Module, exported: dict[str, Path], x: torch.Tensor, 
     check_images(x, y)
     threat = ThreatModel.coerce(threat)
     model = model.cpu().float()
-    with eval_mode(model), torch.no_grad():
-        logits = _batched(model, x, batch_size)
+    with eval_mode(model):
+        logits = batched_logits(model, x, batch_size)
     attacker = build_attack(attack, threat, logits.shape[1], **(attack_options or {}))
     start = time.perf_counter()
     with eval_mode(model):
         advs = [attacker.run(model, x[i:i + batch_size], y[i:i + batch_size], seed=seed + i).x_adv
                 for i in range(0, len(x), batch_size)]
     x_adv = torch.cat(advs)
-    with eval_mode(model), torch.no_grad():
-        adv_logits = _batched(model, x_adv, batch_size)
+    with eval_mode(model):
+        adv_logits = batched_logits(model, x_adv, batch_size)
     n = len(y)
     original = {"clean": accuracy_record(int((logits.argmax(1) == y).sum()), n),
                 "robust": accuracy_record(int((adv_logits.argmax(1) == y).sum()), n)}
     results: dict[str, Any] = {}
     for fmt, path in exported.items():
         run = load_exported(fmt, path)
-        out, out_adv = _batched(run, x, batch_size), _batched(run, x_adv, batch_size)
+        out, out_adv = batched_logits(run, x, batch_size), batched_logits(run, x_adv, batch_size)
         agree = (out.argmax(1) == logits.argmax(1)).float().mean().item()
         robust = accuracy_record(int((out_adv.argmax(1) == y).sum()), n)
         gap = abs(robust["accuracy"] - original["robust"]["accuracy"])

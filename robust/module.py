@@ -239,7 +239,7 @@ class RobustClassifier(pl.LightningModule):
             clean = logits.argmax(1) == y
             self.log(f"{stage}/clean_acc", clean.float().mean(), prog_bar=True, batch_size=len(y))
             self.log(f"{stage}/loss", F.cross_entropy(logits, y), batch_size=len(y))
-            for name, value in self.method.eval_metrics(self.model, x, y).items():
+            for name, value in self.method.eval_metrics(self.model, x, y, logits).items():
                 self.log(f"{stage}/{name}", value, prog_bar=True, batch_size=len(y))
             if self.eval_threat is None:
                 return

@@ -1,8 +1,9 @@
-"""Small helpers shared by evaluation and certification: where a model lives, eval mode."""
+"""Small helpers shared by evaluation, certification and export: where a model lives, eval mode,
+batched logits, full float32."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -38,3 +39,17 @@ def full_float32() -> Iterator[None]:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def batched_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``model`` on ``x`` in batches under ``no_grad``: float32 logits on the CPU. Batches move to the
+    model's device (an ``nn.Module``'s; CPU for any other callable, e.g. an exported model)."""
+    device = model_device(model) if isinstance(model, nn.Module) else torch.device("cpu")
+    with torch.no_grad():
+        return torch.cat([model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+
+
+def num_classes(model: nn.Module, x: torch.Tensor) -> int:
+    """The number of logits ``model`` returns, from one image of ``x`` (moved to the model's device)."""
+    with torch.no_grad():
+        return int(model(x[:1].to(model_device(model))).shape[1])

@@ -196,7 +196,6 @@ def read_wandb_records(path: str | os.PathLike) -> Iterator[Any]:
                     except Exception as e:  # protobuf DecodeError
                         raise ValueError(f"{path}: undecodable record at offset {record_start}: {e}") from None
                     parts = []
-            at_eof = len(block) < _BLOCK
             next_block = b"" if len(block) < _BLOCK else f.read(_BLOCK)
             if not next_block:
                 if parts or block[pos:].strip(b"\0"):

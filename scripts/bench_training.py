@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "dtype": "float32", "eps": EPS, "steps": args.steps, "repeats": args.repeats,
                    "warmup": args.warmup, "quick": args.quick, "seed": args.seed},
     }
-    m, v, c = info["machine"], info["versions"], info["config"]
+    m, v = info["machine"], info["versions"]
     print(f"machine : {m['platform']} | {m['processor']} | {m['cpu_count']} CPUs | torch threads {m['torch_threads']}"
           + (f" | {gpu}" if gpu else ""))
     print(f"versions: python {v['python']} | torch {v['torch']} | torchattacks {v['torchattacks']} "

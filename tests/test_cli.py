@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from robust.cli import _lightning_cli, main
-from robust.methods import FGSM, PGD, TRADES
 from robust.module import RobustClassifier
 
 from conftest import RECIPES

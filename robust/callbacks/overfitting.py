@@ -9,7 +9,6 @@ stops training and (``action="rollback"``) restores the best weights.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Literal
 
 import lightning.pytorch as pl

@@ -23,7 +23,7 @@ from robust.evaluation.render import (
     threat_label, write_json, write_staged,
 )
 from robust.evaluation.stats import accuracy_record
-from robust.runtime import eval_mode, model_device
+from robust.runtime import batched_logits, eval_mode, num_classes
 
 CERTIFIED_COLOR = "#55a868"
 STATUS_COLORS = {"verified": CERTIFIED_COLOR, "inconclusive": "#c8c8c8", "falsified": ROBUST_COLOR,
@@ -33,12 +33,6 @@ METHOD_NAMES = {"smoothing": "randomized smoothing", "ibp": "interval bound prop
 
 
 # ----------------------------------------------------------------------------------------- building
-
-
-def _clean_predictions(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    device = model_device(model)
-    with torch.no_grad(), eval_mode(model):
-        return torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
 
 
 def smoothing_report(
@@ -69,14 +63,14 @@ def smoothing_report(
     """
     x, y = collect(data, n_examples)
     start = time.perf_counter()
-    with torch.no_grad(), eval_mode(model):
-        num_classes = int(model(x[:1].to(model_device(model))).shape[1])
-    smooth = Smooth(model, num_classes, sigma, seed=seed)
+    with eval_mode(model):
+        classes = num_classes(model, x)
+        base = batched_logits(model, x, min(batch_size, 1024)).argmax(1)
+    smooth = Smooth(model, classes, sigma, seed=seed)
     result = certify_dataset(smooth, x, y, n0=n0, n=n, alpha=alpha, batch_size=batch_size, radii=radii,
                              progress=progress, state_path=state_path)
     rows = result["rows"]
     total = len(rows)
-    base = _clean_predictions(model, x, min(batch_size, 1024))
     report: dict[str, Any] = {
         "kind": "certification",
         "method": "smoothing",
@@ -102,7 +96,7 @@ def smoothing_report(
         report["consistency"] = consistency(report["clean"], None, report["certified_accuracy"][0]["certified"],
                                             what="smoothed classifier")
     report["seconds"] = time.perf_counter() - start
-    report["protocol"] = {"n_examples": total, "seed": seed, "batch_size": batch_size, "num_classes": num_classes,
+    report["protocol"] = {"n_examples": total, "seed": seed, "batch_size": batch_size, "num_classes": classes,
                           **describe_run(model, checkpoint)}
     return report
 
@@ -163,10 +157,10 @@ def verification_report(
                                         for r in reports for c in r["consistency"]["checks"]]}
     report["consistency"]["flags"] = [c for c in report["consistency"]["checks"] if not c["passed"]]
     report["seconds"] = time.perf_counter() - start
+    with eval_mode(model):
+        classes = num_classes(model, x)
     report["protocol"] = {"n_examples": report["n_examples"], "seed": seed, "batch_size": batch_size,
-                          "num_classes": None, **describe_run(model, checkpoint)}
-    with torch.no_grad(), eval_mode(model):
-        report["protocol"]["num_classes"] = int(model(x[:1].to(model_device(model))).shape[1])
+                          "num_classes": classes, **describe_run(model, checkpoint)}
     return report
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from robust.attacks.evaluation import build_attack
 from robust.evaluation.core import RobustnessReport, attack_batches
-from robust.runtime import eval_mode, model_device
+from robust.runtime import batched_logits, eval_mode, model_device
 from robust.threat import ThreatModel
 
 DEFAULTS = {
@@ -42,12 +42,6 @@ DEFAULTS = {
 
 def _check(name: str, passed: bool, message: str, threshold: str, value: Any) -> dict[str, Any]:
     return {"name": name, "passed": bool(passed), "message": message, "threshold": threshold, "value": value}
-
-
-def _batched(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    device = model_device(model)
-    with torch.no_grad():
-        return torch.cat([model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
 
 
 def _robust_acc(model, x, y, threat, name, n_classes, seed, batch_size, progress, **options) -> float:
@@ -101,7 +95,7 @@ def _run(model, x, y, threat, report, n_classes, seed, batch_size, progress, o) 
         return _robust_acc(model, x, y, ThreatModel(threat.norm, e), name, n_classes, seed, batch_size,
                            progress, **kw)
 
-    logits = _batched(model, x, batch_size)
+    logits = batched_logits(model, x, batch_size)
     rows_sum = logits.sum(1)
     is_prob = bool((logits >= 0).all() and (logits <= 1).all() and ((rows_sum - 1).abs() < 1e-3).all())
     checks.append(_check(
@@ -111,7 +105,7 @@ def _run(model, x, y, threat, report, n_classes, seed, batch_size, progress, o) 
         "The model's outputs are not probability vectors (logits expected).",
         "flag if every output lies in [0, 1] and every row sums to 1 within 1e-3", float(rows_sum.mean())))
 
-    again = _batched(model, x, batch_size)
+    again = batched_logits(model, x, batch_size)
     scale = max(1.0, float(logits.abs().max()))
     diff = float((again - logits).abs().max())
     label_flips = float((again.argmax(1) != logits.argmax(1)).float().mean())

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from robust.attacks.evaluation import AttackOutcome, build_attack, check_images
 from robust.evaluation.stats import accuracy_record
-from robust.runtime import eval_mode, model_device
+from robust.runtime import eval_mode, model_device, num_classes
 from robust.threat import ThreatModel
 
 STATE_FORMAT = 1
@@ -139,11 +139,6 @@ def versions() -> dict[str, str]:
 
     return {"robust": getattr(robust, "__version__", "0"), "torch": torch.__version__,
             "torchattacks": torchattacks.__version__, "python": platform.python_version()}
-
-
-def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
-    with torch.no_grad():
-        return int(model(x[:1]).shape[1])
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
@@ -320,7 +315,7 @@ def evaluate(
     x, y = collect(data, n_examples)
     start = time.perf_counter()
     with eval_mode(model):
-        n_classes = _num_classes(model, x.to(model_device(model)))
+        n_classes = num_classes(model, x)
         if int(y.max()) >= n_classes or int(y.min()) < 0:
             raise ValueError(f"labels must lie in [0, {n_classes - 1}] for a model with {n_classes} outputs, "
                              f"got {int(y.min())}..{int(y.max())}")
@@ -481,7 +476,7 @@ def summarise_threat(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: s
     start = time.perf_counter()
     device = model_device(model)
     with eval_mode(model):
-        n_classes = _num_classes(model, x.to(device))
+        n_classes = num_classes(model, x)
         clean, correct, adv = [], [], []
         for b, i in enumerate(tqdm(range(0, len(x), batch_size), desc=kind, disable=not progress, leave=False)):
             bx, by = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)

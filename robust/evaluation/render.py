@@ -528,7 +528,7 @@ def write_report(report: dict, out_dir: str | os.PathLike, examples: dict | None
     Everything is rendered in a staging folder first (:func:`write_staged`), ``report.json`` last.
     """
     label = threat_label(report.get("threat"))
-    json.dumps(report, default=_json_default)  # fail before anything is drawn
+    text = json.dumps(report, indent=2, default=_json_default) + "\n"  # fails before anything is drawn
 
     def render(stage: Path) -> dict[str, Path]:
         made: dict[str, Path] = {}
@@ -548,7 +548,8 @@ def write_report(report: dict, out_dir: str | os.PathLike, examples: dict | None
             made["corruptions"] = plot_corruptions(report["corruptions"], stage / _IMAGE_FILES["corruptions"])
         (stage / "report.md").write_text(render_markdown(report, {k: p.name for k, p in made.items()}),
                                          encoding="utf-8")
-        return {**made, "markdown": stage / "report.md", "json": write_json(report, stage / "report.json")}
+        (stage / "report.json").write_text(text, encoding="utf-8")
+        return {**made, "markdown": stage / "report.md", "json": stage / "report.json"}
 
     return write_staged(out_dir, render)
 

@@ -229,13 +229,12 @@ def _from_evaluation(report: Mapping[str, Any], base: dict[str, Any]) -> dict[st
     norm, eps, eps_str = _threat(report)
     protocol = report.get("protocol") or {}
     attacks = list((report.get("per_attack") or {}).keys())
-    import_versions = protocol.get("versions") or {}
     audit = report.get("audit") or {}
     return {
         **base, "threat": norm, "eps": eps, "eps_str": eps_str, "clean": report["clean"], "robust": report["robust"],
         "attack_protocol": {"name": "+".join(attacks), "version": "standard" if attacks == ["autoattack"] else "custom",
                             "n_examples": report["n_examples"], "seed": protocol.get("seed"),
-                            "torchattacks": import_versions.get("torchattacks")},
+                            "torchattacks": (protocol.get("versions") or {}).get("torchattacks")},
         "unreliable": bool(audit.get("unreliable")),
         "audit_flags": [{"name": f.get("name"), "message": f.get("message")} for f in audit.get("flags") or []],
         "sweep": [{"eps": p["eps"], "accuracy": p["robust"]["accuracy"]} for p in report.get("sweep") or []],

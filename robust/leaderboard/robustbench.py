@@ -63,6 +63,8 @@ def from_robustbench(info: Mapping[str, Any], threat: str | None = None, n_examp
     if n is None:
         raise EntryError(f"dataset {dataset!r}: unknown test-set size; give n_examples")
     clean = _percent(info, "clean_acc", True)
+    if not isinstance(info.get("unreliable", False), bool):
+        raise EntryError(f"unreliable: expected true or false, got {info.get('unreliable')!r}")
     keep = {k: info[k] for k in _KEEP if k in info}
     entry: dict[str, Any] = {
         "name": name or info.get("model_id") or info.get("name"), "architecture": info.get("architecture"),
@@ -70,8 +72,6 @@ def from_robustbench(info: Mapping[str, Any], threat: str | None = None, n_examp
         "robustbench": {**keep, "name": info.get("name"), "model_id": info.get("model_id")},
         "unreliable": bool(info.get("unreliable", False)),
     }
-    if not isinstance(info.get("unreliable", False), bool):
-        raise EntryError(f"unreliable: expected true or false, got {info.get('unreliable')!r}")
     if threat == "corruptions":
         corr = _percent(info, "corruptions_acc", True)
         entry.update(eps=None, robust={"accuracy": corr, "n": None},

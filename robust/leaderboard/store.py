@@ -5,8 +5,8 @@ Safe under several writers: every entry is inserted in its own transaction, SQLi
 mode with a generous busy timeout, and a unique fingerprint of the entry (all of it but the id)
 makes adding the same measurement twice a no-op, so concurrent or repeated adds neither lose
 nor duplicate anything. The schema carries its version in a ``meta`` table; a store written by
-a newer ``robust`` is refused with a message that says so, an older one is migrated explicitly
-by :meth:`Store.migrate`.
+a newer ``robust`` is refused with a message that says so (version 1 is the first; a later
+schema change comes with its explicit migration from the versions before it).
 """
 
 from __future__ import annotations
@@ -109,22 +109,25 @@ class Store:
         except (TypeError, ValueError):
             raise StoreError(f"{self.url!r} is not a robust leaderboard store (schema version {value!r})") from None
 
-    def migrate(self) -> int:
-        """Bring an older schema up to :data:`SCHEMA_VERSION` (version 1 is the first: nothing to do)."""
-        return self.schema_version()
-
     # ------------------------------------------------------------------------------- entries
     def add(self, entry: Mapping[str, Any]) -> tuple[str, bool]:
         """Validate and insert ``entry``; returns ``(id, added)``. The same measurement (same
         fingerprint) already in the store is not added again: its id is returned with False."""
-        entry = validate(entry)
+        return self._insert(validate(entry))
+
+    def add_many(self, entries: Iterable[Mapping[str, Any]]) -> list[tuple[str, bool]]:
+        """Validate every entry first (a bad one refuses the whole batch), then add them."""
+        return [self._insert(e) for e in [validate(e) for e in entries]]
+
+    def _insert(self, entry: dict[str, Any]) -> tuple[str, bool]:
         entry.pop("id", None)
         fp = fingerprint(entry)
         new_id = uuid.uuid4().hex
         row = {"id": new_id, "fingerprint": fp, "name": entry["name"], "dataset": entry["dataset"],
                "threat": entry["threat"], "eps": entry["eps"], "source": entry["source"], "created": time.time(),
                "data": json.dumps(entry, sort_keys=True)}
-        for attempt in range(50):
+        attempts = 0
+        while True:
             try:
                 with self.engine.begin() as conn:
                     conn.execute(ENTRIES.insert().values(**row))
@@ -136,15 +139,10 @@ class Store:
                     return existing, False
                 raise
             except OperationalError as err:  # "database is locked" beyond the busy timeout
-                if "locked" not in str(err).lower() or attempt == 49:
+                attempts += 1
+                if "locked" not in str(err).lower() or attempts == 50:
                     raise
                 time.sleep(0.05)
-        raise StoreError("unreachable")  # pragma: no cover
-
-    def add_many(self, entries: Iterable[Mapping[str, Any]]) -> list[tuple[str, bool]]:
-        """Validate every entry first (a bad one refuses the whole batch), then add them."""
-        checked = [validate(e) for e in entries]
-        return [self.add(e) for e in checked]
 
     def entries(self, dataset: str | None = None, threat: str | None = None) -> list[dict[str, Any]]:
         """All entries (oldest first), each with its ``id``; optionally of one data set / threat."""

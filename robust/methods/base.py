@@ -57,9 +57,11 @@ class Method(Recorded):
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         raise NotImplementedError
 
-    def eval_metrics(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def eval_metrics(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     logits: torch.Tensor) -> dict[str, torch.Tensor]:
         """Extra per-batch validation/test metrics of this method (mean over the batch), logged as
-        ``val/<name>`` and ``test/<name>``; the model is in eval mode. None by default."""
+        ``val/<name>`` and ``test/<name>``; the model is in eval mode and ``logits`` are its clean
+        outputs on ``x`` (already computed). None by default."""
         return {}
 
     def _craft(self, model: nn.Module, fn: Any) -> torch.Tensor:

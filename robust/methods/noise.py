@@ -34,7 +34,8 @@ class GaussianNoise(Method):
         noisy_acc = (logits.argmax(1) == y).float().mean().detach()
         return loss, {"loss": loss.detach(), "noisy_acc": noisy_acc, "sigma": self.sigma}
 
-    def eval_metrics(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def eval_metrics(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     logits: torch.Tensor) -> dict[str, torch.Tensor]:
         """``noisy_acc``: accuracy of the base model on ``x + sigma * N(0, I)`` (fixed noise seed),
         the single-sample proxy of the smoothed classifier's accuracy that recipes select on."""
         generator = torch.Generator(device=x.device).manual_seed(0)
