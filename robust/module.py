@@ -30,6 +30,7 @@ from robust import spec as specs
 from robust.attacks.evaluation import build_attack, pgd_robust_correct
 from robust.attacks.training import pgd
 from robust.methods import Method, Standard
+from robust.runtime import to_channels_last
 from robust.threat import Eps, ThreatModel
 
 Optimizer = Literal["sgd", "adam", "adamw"]
@@ -95,6 +96,15 @@ class RobustClassifier(pl.LightningModule):
         ema_decay: keep an exponential moving average of the weights (Lightning's
             ``EMAWeightAveraging``) with this decay; validation and checkpoints use the average.
         seed: seed of the test attack's random starts.
+        channels_last: keep the weights and the batches in NHWC memory order (faster convolutions
+            with cuDNN's tensor cores and with oneDNN on CPU; the same results up to float rounding).
+        compile: run the model's forward and backward through ``torch.compile`` (training, training
+            attacks and validation; the test loop's independent attack uses the plain model). The
+            checkpoint holds the plain model's weights. ``compile_mode`` is passed on
+            (``default``, ``reduce-overhead``, ``max-autotune``, ...).
+
+    Mixed precision is the trainer's: ``trainer.precision: bf16-mixed`` runs training, the training
+    attacks and validation under bf16 autocast; ``32-true`` is the float32 fallback.
     """
 
     def __init__(
@@ -120,6 +130,9 @@ class RobustClassifier(pl.LightningModule):
         test_attack_step_size: Eps | None = None,
         ema_decay: float | None = None,
         seed: int = 0,
+        channels_last: bool = False,
+        compile: bool = False,
+        compile_mode: str | None = None,
     ) -> None:
         super().__init__()
         if model is None:
@@ -181,8 +194,27 @@ class RobustClassifier(pl.LightningModule):
                 "test_attack_step_size": None if test_attack_step_size is None else float(test_attack_step_size),
                 "ema_decay": None if ema_decay is None else float(ema_decay),
                 "seed": int(seed),
+                "channels_last": bool(channels_last),
+                "compile": bool(compile),
+                "compile_mode": compile_mode,
             }
         )
+        self.__dict__["_compiled"] = None  # not a submodule: the checkpoint holds ``self.model`` only
+
+    @property
+    def net(self) -> nn.Module:
+        """The network training and validation run: ``self.model``, or its compiled version."""
+        return self._compiled if self._compiled is not None else self.model
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return to_channels_last(x) if self.hparams.get("channels_last") else x
+
+    @override
+    def setup(self, stage: str) -> None:
+        if self.hparams.get("channels_last"):
+            self.model.to(memory_format=torch.channels_last)
+        if self.hparams.get("compile") and self._compiled is None:
+            self.__dict__["_compiled"] = torch.compile(self.model, mode=self.hparams.get("compile_mode"))
 
     @classmethod
     @override
@@ -206,7 +238,7 @@ class RobustClassifier(pl.LightningModule):
 
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        return self.net(self._layout(x))
 
     # --- training -----------------------------------------------------------------
     @override
@@ -218,35 +250,77 @@ class RobustClassifier(pl.LightningModule):
     @override
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        loss, logs = self.method.loss(self.model, x, y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite training loss ({float(loss)}) at step {self.global_step}, epoch {self.current_epoch}: "
-                f"lower the learning rate ({self.hparams.lr}) or lengthen the eps warm-up"
-            )
+        loss, logs = self.method.loss(self.net, self._layout(x), y)
+        self._watch(loss, 1)
         logs = {f"train/{k}": v for k, v in logs.items() if k != "loss"}
         self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
         self.log_dict(logs, on_step=True, on_epoch=True, batch_size=len(y))
         return loss
 
+    # --- numerical guard: non-finite loss or gradient, found without a host sync per step -----------
+    NONFINITE_CHECK_EVERY = 50
+    """Training steps between the host's looks at the device-side non-finite record (each look
+    waits for the GPU; the record itself keeps the exact first bad step)."""
+
+    def _watch(self, value: torch.Tensor, kind: int) -> None:
+        """Record on the device the first step at which ``value`` was not finite (kind 1: loss, 2: gradient)."""
+        bad = ~torch.isfinite(value.detach()).all()
+        if self.__dict__.get("_bad_step") is None or self._bad_step.device != bad.device:
+            self.__dict__["_bad_step"] = torch.full((), -1, dtype=torch.long, device=bad.device)
+            self.__dict__["_bad_kind"] = torch.zeros((), dtype=torch.long, device=bad.device)
+        first = bad & (self._bad_step < 0)
+        self._bad_step.copy_(torch.where(first, self.global_step, self._bad_step))
+        self._bad_kind.copy_(torch.where(first, kind, self._bad_kind))
+
+    def check_finite(self) -> None:
+        """Raise ``FloatingPointError`` naming the first step with a non-finite loss or gradient, if any."""
+        if self.__dict__.get("_bad_step") is None or int(self._bad_step) < 0:
+            return
+        step, what = int(self._bad_step), ("loss", "gradient")[int(self._bad_kind) - 1]
+        raise FloatingPointError(
+            f"non-finite training {what} at step {step}: lower the learning rate ({self.hparams.lr}) or lengthen "
+            f"the eps warm-up of the method (warmup=...); no checkpoint was written after that step"
+        )
+
+    @override
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if "16-mixed" in str(self.trainer.precision) and "bf16" not in str(self.trainer.precision):
+            return  # float16's loss scaler expects inf gradients now and then and skips those steps itself
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads:
+            self._watch(torch.nn.utils.get_total_norm(grads, norm_type=2.0), 2)
+
+    @override
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if (batch_idx + 1) % self.NONFINITE_CHECK_EVERY == 0:
+            self.check_finite()
+
+    @override
+    def on_train_epoch_end(self) -> None:
+        self.check_finite()
+
+    @override
+    def on_validation_start(self) -> None:
+        self.check_finite()
+
     # --- evaluation -----------------------------------------------------------------
     def _eval_batch(self, batch: Any, batch_idx: int, stage: str) -> None:
         x, y = batch
         with torch.inference_mode(False), torch.enable_grad():
-            x, y = x.clone(), y.clone()
+            x, y = self._layout(x.clone()), y.clone()
             with torch.no_grad():
-                logits = self.model(x)
+                logits = self.net(x)
             clean = logits.argmax(1) == y
             self.log(f"{stage}/clean_acc", clean.float().mean(), prog_bar=True, batch_size=len(y))
             self.log(f"{stage}/loss", F.cross_entropy(logits, y), batch_size=len(y))
-            for name, value in self.method.eval_metrics(self.model, x, y, logits).items():
+            for name, value in self.method.eval_metrics(self.net, x, y, logits).items():
                 self.log(f"{stage}/{name}", value, prog_bar=True, batch_size=len(y))
             if self.eval_threat is None:
                 return
             if stage == "val":
-                x_adv = pgd(self.model, x, y, self.eval_threat, steps=self.hparams.val_attack_steps)
+                x_adv = pgd(self.net, x, y, self.eval_threat, steps=self.hparams.val_attack_steps)
                 with torch.no_grad():
-                    robust = self.model(x_adv).argmax(1) == y
+                    robust = self.net(x_adv).argmax(1) == y
             else:
                 robust = pgd_robust_correct(
                     self.model, x, y, self.eval_threat, steps=self.hparams.test_attack_steps,
@@ -317,6 +391,7 @@ class RobustClassifier(pl.LightningModule):
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_finite()  # before anything is written: never a checkpoint of diverged weights
         checkpoint["robust"] = {"format": 1}
 
     @override

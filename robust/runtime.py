@@ -1,10 +1,12 @@
-"""Small helpers shared by evaluation, certification and export: where a model lives, eval mode,
-batched logits, full float32."""
+"""Small helpers shared by training, evaluation, certification and export: where a model lives, eval
+mode, batched logits, full float32, and the performance switches (bf16 autocast, channels_last,
+conv-BatchNorm folding, cuDNN autotuning)."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -53,3 +55,64 @@ def num_classes(model: nn.Module, x: torch.Tensor) -> int:
     """The number of logits ``model`` returns, from one image of ``x`` (moved to the model's device)."""
     with torch.no_grad():
         return int(model(x[:1].to(model_device(model))).shape[1])
+
+
+# --- performance switches (bf16 autocast, channels_last, conv-BN folding, cuDNN autotuning) -------------
+
+PRECISIONS = ("32", "bf16")
+"""Numeric precision of a forward pass: ``"32"`` (float32) or ``"bf16"`` (bfloat16 autocast)."""
+
+
+def check_precision(value: str, field: str = "precision") -> str:
+    """``value`` if it is one of :data:`PRECISIONS`, else a ``ValueError`` naming ``field``."""
+    value = str(value)
+    if value not in PRECISIONS:
+        raise ValueError(f"{field} must be one of {', '.join(PRECISIONS)}, got {value!r}")
+    return value
+
+
+def autocast(device: torch.device | str, precision: str):
+    """A context that runs eligible ops in bfloat16 on ``device`` (CUDA or CPU) for ``"bf16"``,
+    and does nothing for ``"32"``. Gradients w.r.t. float32 inputs stay float32."""
+    if check_precision(precision) == "32":
+        return nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+class Autocast(nn.Module):
+    """``model`` run under bf16 autocast, returning float32 logits, so that any attack (ours or
+    torchattacks') runs in bf16 without knowing it. Parameters are shared with ``model``."""
+
+    def __init__(self, model: nn.Module, precision: str = "bf16") -> None:
+        super().__init__()
+        self.model = model
+        self.precision = check_precision(precision)
+        self.train(model.training)  # the wrapper's mode is the model's (attacks save and restore it)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(x.device, self.precision):
+            return self.model(x).float()
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """A 4-d image batch in NHWC memory order (cuDNN's and oneDNN's fast layout); other tensors as is."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` with every BatchNorm that follows a convolution folded into it
+    (one kernel instead of two; the same function up to float rounding). A model ``torch.fx`` cannot
+    trace is returned unchanged. Only for inference: the copy's BatchNorm statistics are frozen."""
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(copy.deepcopy(model).eval(), inplace=True)
+    except Exception:  # noqa: BLE001 - data-dependent control flow: fall back to the model itself
+        return model
+
+
+def fast_cuda(device: torch.device | str) -> None:
+    """On CUDA, let cuDNN pick the fastest convolution algorithms for the shapes it sees
+    (``cudnn.benchmark``); a no-op on CPU."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = True

@@ -41,7 +41,7 @@ def _positive(value: float) -> bool:
 def test_json_matches_returned_results(results: tuple[dict, dict]) -> None:
     returned, written = results
     assert written == json.loads(json.dumps(returned))
-    assert set(written) == {"machine", "versions", "config", "randomness", "attack", "training_step"}
+    assert set(written) == {"machine", "versions", "config", "peak_flops", "randomness", "attack", "training_step"}
     assert set(written["versions"]) == {"python", "torch", "torchattacks", "robust"}
     assert written["config"]["model"] == "cnn_small" and written["config"]["batch"] == 8
     assert written["config"]["input"] == [1, 28, 28]
@@ -66,9 +66,10 @@ def test_attack_section(results: tuple[dict, dict]) -> None:
 
 def test_training_step_rows_and_floor(results: tuple[dict, dict]) -> None:
     rows = {r["method"]: r for r in results[1]["training_step"]}
-    assert list(rows) == ["Standard", "FGSM-RS", "PGD-3"]
-    # Floor (2k + 3) / 3 standard steps: k attack steps of ~2 passes plus a 3-pass step.
-    expected = {"Standard": (0, 1.0), "FGSM-RS": (1, 5 / 3), "PGD-3": (3, 3.0)}
+    assert list(rows) == ["Standard", "FGSM-RS", "PGD-3", "TRADES-3"]
+    # Floor (2k + 3) / 3 standard steps: k attack steps of ~2 passes plus a 3-pass step; TRADES
+    # adds two clean forward passes (its KL target and its natural loss term): (2k + 5) / 3.
+    expected = {"Standard": (0, 1.0), "FGSM-RS": (1, 5 / 3), "PGD-3": (3, 3.0), "TRADES-3": (3, 11 / 3)}
     for name, (k, floor) in expected.items():
         row = rows[name]
         assert row["k"] == k
@@ -83,6 +84,7 @@ def test_training_step_rows_and_floor(results: tuple[dict, dict]) -> None:
 def test_floor_ratio_formula(bench: dict) -> None:
     assert bench["floor_ratio"](10) == pytest.approx(23 / 3)
     assert bench["floor_ratio"](1) == pytest.approx(5 / 3)
+    assert bench["floor_ratio"](10, extra_forwards=2) == pytest.approx(25 / 3)
 
 
 def test_fresh_randomness_reported(results: tuple[dict, dict]) -> None:
@@ -101,3 +103,32 @@ def test_autoattack_benchmark_compares_both_on_the_same_examples(tmp_path, capsy
     assert out["ours"]["accuracy"] <= out["torchattacks"]["accuracy"]
     assert _positive(out["ours_seconds"]) and _positive(out["torchattacks_seconds"])
     assert "time ratio ours / torchattacks" in capsys.readouterr().out
+
+
+def test_training_benchmark_switches_are_recorded_and_run(tmp_path) -> None:
+    # bf16 autocast and channels_last on the CPU path, TRADES left out: the rows that remain.
+    bench = runpy.run_path(str(SCRIPT), run_name="bench_training")
+    threads = torch.get_num_threads()
+    try:
+        out = bench["main"](["--quick", "--batch", "8", "--repeats", "1", "--warmup", "1", "--steps", "2",
+                             "--train-steps", "2", "--eval-examples", "8", "--threads", "1", "--precision", "bf16",
+                             "--channels-last", "--no-trades"])
+    finally:
+        torch.set_num_threads(threads)
+    assert out["config"]["precision"] == "bf16" and out["config"]["channels_last"] is True
+    assert [r["method"] for r in out["training_step"]] == ["Standard", "FGSM-RS", "PGD-2"]
+    assert out["peak_flops"] is None  # no GPU: no MFU rows
+    assert all(_positive(r["images_per_s"]) for r in out["training_step"])
+
+
+def test_certification_benchmark_times_complete_certificates(tmp_path) -> None:
+    bench = runpy.run_path(str(SCRIPT.parent / "bench_certify.py"), run_name="bench_certify")
+    path = tmp_path / "certify.json"
+    out = bench["main"](["--models", "cnn_small", "--device", "cpu", "--batch", "200", "--n", "400", "--repeats", "1",
+                         "--warmup", "0", "--certify-images", "1", "--certify-n", "400", "--json", str(path)])
+    r = out["models"]["cnn_small"]
+    assert json.loads(path.read_text())["models"]["cnn_small"]["samples"] == 400
+    assert r["precision"] == "32" and r["fast"] is False  # the CPU defaults
+    assert r["forward_images_per_s"] == r["plain_forward_images_per_s"]  # the same network on CPU
+    assert _positive(r["certify_samples_per_s"]) and _positive(r["certify_seconds_per_image"])
+    assert r["ratio"] == pytest.approx(r["certify_samples_per_s"] / r["forward_images_per_s"])

@@ -251,3 +251,39 @@ def test_validation_runs_a_registry_attack_on_a_fixed_subset(fitted, digits):
     direct = build_attack("apgd-ce", model.eval_threat, 10, steps=5).run(model.model.eval(), x[:40], y[:40], seed=0)
     assert first["val/apgd-ce_acc"] == pytest.approx(float(direct.robust.float().mean()))
     assert first["val/apgd-ce_acc"] <= first["val/clean_acc"] + 0.1
+
+
+class _InfGrad(torch.autograd.Function):
+    """Zero in the forward pass, an infinite gradient in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, t):
+        return t * 0
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * float("inf")
+
+
+class _ExplodingGradMethod(Standard):
+    """A finite loss whose gradient is infinite from the fourth call (step 3) on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def loss(self, model, x, y):
+        loss, logs = super().loss(model, x, y)
+        self.calls += 1
+        return (loss + _InfGrad.apply(loss) if self.calls > 3 else loss), logs
+
+
+def test_non_finite_gradient_stops_with_its_step_and_writes_no_checkpoint(digits, tmp_path):
+    # The record is kept on the device (no host sync per step) and looked at every
+    # NONFINITE_CHECK_EVERY steps and before any checkpoint is written: the checkpoint callback
+    # would save at step 5, after the first bad step (3), so nothing may be written.
+    module = RobustClassifier(CNNSmall(num_classes=10, input_size=8), _ExplodingGradMethod(), optimizer="adam", lr=1e-3)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=5, save_top_k=-1)
+    with pytest.raises(FloatingPointError, match=r"non-finite training gradient at step 3: lower the learning rate"):
+        _trainer(tmp_path, 1, callbacks=[ckpt]).fit(module, datamodule=digits)
+    assert not list(tmp_path.rglob("*.ckpt"))

@@ -52,6 +52,7 @@ def smoothing_report(
     attack_examples: int = 100,
     attack_options: Mapping[str, Any] | None = None,
     checkpoint: str | os.PathLike | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Certify ``data`` with :class:`Smooth` (Cohen et al. 2019) and summarise it as a report.
 
@@ -66,7 +67,7 @@ def smoothing_report(
     with eval_mode(model):
         classes = num_classes(model, x)
         base = batched_logits(model, x, min(batch_size, 1024)).argmax(1)
-    smooth = Smooth(model, classes, sigma, seed=seed)
+    smooth = Smooth(model, classes, sigma, seed=seed, precision=precision)
     result = certify_dataset(smooth, x, y, n0=n0, n=n, alpha=alpha, batch_size=batch_size, radii=radii,
                              progress=progress, state_path=state_path)
     rows = result["rows"]
@@ -76,7 +77,8 @@ def smoothing_report(
         "method": "smoothing",
         "threat": {"kind": "l2", "norm": "l2"},
         "sigma": float(sigma),
-        "settings": {"n0": n0, "n": n, "alpha": alpha, "batch_size": batch_size, "seed": seed},
+        "settings": {"n0": n0, "n": n, "alpha": alpha, "batch_size": batch_size, "seed": seed,
+                     "precision": smooth.precision},
         "n_examples": total,
         "clean": accuracy_record(sum(r["correct"] for r in rows), total),
         "base_clean": accuracy_record(int((base == y).sum()), total),

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from robust.data.resident import ResidentLoader
+
 SPLIT_SEED = 0
 """Seed of every train/val split: splits are fixed, independent of the ``seed`` argument."""
 
@@ -154,6 +156,13 @@ def dataset_tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     raise TypeError(f"{type(dataset).__name__} does not hold its examples in memory")
 
 
+def _stored(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images as stored (uint8 stays uint8: a quarter of the device memory) and the labels."""
+    if isinstance(dataset, ImageTensorDataset):
+        return dataset.images, dataset.labels
+    return dataset_tensors(dataset)
+
+
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of ``(N, C, H, W)`` images in [0, 1] (std floored at 1e-3)."""
     x = _to_unit_float(images).transpose(0, 1).reshape(images.shape[1], -1).double()
@@ -182,6 +191,9 @@ class RobustDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes (0 loads in the main process).
         seed: seeds the training shuffle (a ``torch.Generator``); splits never depend on it.
         val_size: validation examples carved from the training data, a count or a fraction.
+        device_resident: hold every split on the training device as uint8 and make batches there,
+            with the augmentation done on the device too (:class:`robust.data.resident.ResidentLoader`);
+            for data sets that fit in device memory. On the CPU the same loader runs on host tensors.
     """
 
     name: str = ""
@@ -198,6 +210,7 @@ class RobustDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         val_size: int | float = 0,
+        device_resident: bool = False,
     ) -> None:
         super().__init__()
         _check_positive_int(batch_size, "batch_size")
@@ -211,6 +224,7 @@ class RobustDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.val_size = check_val_size(val_size)
+        self.device_resident = bool(device_resident)
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -222,6 +236,10 @@ class RobustDataModule(pl.LightningDataModule):
     def _load_test(self) -> Dataset:
         raise NotImplementedError
 
+    def _augmentation(self) -> tuple[int, bool]:
+        """``(crop padding, flip)`` of the training augmentation (``(0, False)``: none)."""
+        return 0, False
+
     # -- Lightning hooks -----------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") and self.train_set is None:
@@ -229,19 +247,26 @@ class RobustDataModule(pl.LightningDataModule):
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = self._load_test()
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | ResidentLoader:
         self._ensure("fit")
+        if self.device_resident:
+            padding, flip = self._augmentation()
+            return self._resident(self.train_set, self.batch_size, shuffle=True, crop_padding=padding, flip=flip)
         generator = torch.Generator().manual_seed(self.seed)
         return self._loader(self.train_set, self.batch_size, shuffle=True, generator=generator)
 
-    def val_dataloader(self) -> DataLoader | list:
+    def val_dataloader(self) -> DataLoader | ResidentLoader | list:
         self._ensure("fit")
         if self.val_set is None:
             return []
+        if self.device_resident:
+            return self._resident(self.val_set, self.eval_batch_size)
         return self._loader(self.val_set, self.eval_batch_size)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | ResidentLoader:
         self._ensure("test")
+        if self.device_resident:
+            return self._resident(self.test_set, self.eval_batch_size)
         return self._loader(self.test_set, self.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
@@ -288,6 +313,16 @@ class RobustDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+    def _resident(self, dataset: Dataset, batch_size: int, shuffle: bool = False, crop_padding: int = 0,
+                  flip: bool = False) -> ResidentLoader:
+        """A :class:`ResidentLoader` on the trainer's device (CPU without a trainer), one shard per rank."""
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        images, labels = _stored(dataset)
+        return ResidentLoader(images, labels, batch_size, device, shuffle=shuffle, seed=self.seed,
+                              crop_padding=crop_padding, flip=flip, rank=rank, world_size=world)
 
     def split_sizes(self) -> dict[str, int]:
         """Number of examples per split (sets them up if needed)."""

@@ -70,8 +70,9 @@ class Digits(RobustDataModule):
         num_workers: int = 0,
         seed: int = 0,
         upscale: int | None = None,
+        device_resident: bool = False,
     ) -> None:
-        super().__init__(batch_size, eval_batch_size, num_workers, seed, val_size=VAL_SIZE)
+        super().__init__(batch_size, eval_batch_size, num_workers, seed, val_size=VAL_SIZE, device_resident=device_resident)
         if upscale is not None and (isinstance(upscale, bool) or not isinstance(upscale, int) or upscale < 8):
             raise ValueError(f"upscale must be None or an integer >= 8 (the original size), got {upscale!r}")
         self.save_hyperparameters()

@@ -128,8 +128,9 @@ class MNIST10k(RobustDataModule):
         num_workers: int = 0,
         seed: int = 0,
         val_size: int | float = 1000,
+        device_resident: bool = False,
     ) -> None:
-        super().__init__(batch_size, eval_batch_size, num_workers, seed, val_size)
+        super().__init__(batch_size, eval_batch_size, num_workers, seed, val_size, device_resident=device_resident)
         self.save_hyperparameters()
         self.root = root
         self._data: tuple[torch.Tensor, torch.Tensor] | None = None

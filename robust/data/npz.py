@@ -59,8 +59,9 @@ class Npz(RobustDataModule):
         num_workers: int = 0,
         seed: int = 0,
         val_size: int | float = 0.1,
+        device_resident: bool = False,
     ) -> None:
-        super().__init__(batch_size, eval_batch_size, num_workers, seed, val_size)
+        super().__init__(batch_size, eval_batch_size, num_workers, seed, val_size, device_resident=device_resident)
         if layout is not None and layout.lower() not in ("nchw", "nhwc"):
             raise ValueError(f"layout must be 'nchw', 'nhwc' or None, got {layout!r}")
         if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2):

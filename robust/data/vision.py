@@ -50,8 +50,9 @@ class TorchvisionDataModule(RobustDataModule):
         seed: int = 0,
         val_size: int | float = 5000,
         augment: bool = False,
+        device_resident: bool = False,
     ) -> None:
-        super().__init__(batch_size, eval_batch_size, num_workers, seed, val_size)
+        super().__init__(batch_size, eval_batch_size, num_workers, seed, val_size, device_resident=device_resident)
         self.root = root
         self.download = bool(download)
         self.augment = bool(augment)
@@ -101,6 +102,9 @@ class TorchvisionDataModule(RobustDataModule):
             f"torchvision said: {str(err).strip()}",
             root,
         )
+
+    def _augmentation(self) -> tuple[int, bool]:
+        return (self.crop_padding, self.flip) if self.augment else (0, False)
 
     def _train_transform(self) -> v2.Transform | None:
         if not self.augment:
@@ -160,8 +164,9 @@ class MNIST(_MNISTLike):
         seed: int = 0,
         val_size: int | float = 5000,
         augment: bool = False,
+        device_resident: bool = False,
     ) -> None:
-        super().__init__(root, download, batch_size, eval_batch_size, num_workers, seed, val_size, augment)
+        super().__init__(root, download, batch_size, eval_batch_size, num_workers, seed, val_size, augment, device_resident=device_resident)
         self.save_hyperparameters()
 
     def _open(self, split: str, download: bool) -> Any:
@@ -192,8 +197,9 @@ class FashionMNIST(_MNISTLike):
         seed: int = 0,
         val_size: int | float = 5000,
         augment: bool = False,
+        device_resident: bool = False,
     ) -> None:
-        super().__init__(root, download, batch_size, eval_batch_size, num_workers, seed, val_size, augment)
+        super().__init__(root, download, batch_size, eval_batch_size, num_workers, seed, val_size, augment, device_resident=device_resident)
         self.save_hyperparameters()
 
     def _open(self, split: str, download: bool) -> Any:
@@ -235,8 +241,9 @@ class CIFAR10(_CIFAR):
         seed: int = 0,
         val_size: int | float = 5000,
         augment: bool = True,
+        device_resident: bool = False,
     ) -> None:
-        super().__init__(root, download, batch_size, eval_batch_size, num_workers, seed, val_size, augment)
+        super().__init__(root, download, batch_size, eval_batch_size, num_workers, seed, val_size, augment, device_resident=device_resident)
         self.save_hyperparameters()
 
     def _open(self, split: str, download: bool) -> Any:
@@ -267,8 +274,9 @@ class CIFAR100(_CIFAR):
         seed: int = 0,
         val_size: int | float = 5000,
         augment: bool = True,
+        device_resident: bool = False,
     ) -> None:
-        super().__init__(root, download, batch_size, eval_batch_size, num_workers, seed, val_size, augment)
+        super().__init__(root, download, batch_size, eval_batch_size, num_workers, seed, val_size, augment, device_resident=device_resident)
         self.save_hyperparameters()
 
     def _open(self, split: str, download: bool) -> Any:
@@ -303,8 +311,9 @@ class SVHN(TorchvisionDataModule):
         seed: int = 0,
         val_size: int | float = 5000,
         augment: bool = False,
+        device_resident: bool = False,
     ) -> None:
-        super().__init__(root, download, batch_size, eval_batch_size, num_workers, seed, val_size, augment)
+        super().__init__(root, download, batch_size, eval_batch_size, num_workers, seed, val_size, augment, device_resident=device_resident)
         self.save_hyperparameters()
 
     def _open(self, split: str, download: bool) -> Any:
@@ -344,8 +353,9 @@ class GTSRB(TorchvisionDataModule):
         val_size: int | float = 0.1,
         augment: bool = False,
         image_size: int = 32,
+        device_resident: bool = False,
     ) -> None:
-        super().__init__(root, download, batch_size, eval_batch_size, num_workers, seed, val_size, augment)
+        super().__init__(root, download, batch_size, eval_batch_size, num_workers, seed, val_size, augment, device_resident=device_resident)
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
             raise ValueError(f"image_size must be an integer >= 8, got {image_size!r}")
         self.save_hyperparameters()
