@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from robust.cli import ArgumentParser
 from robust.evaluate_cli import (
     UsageError, _json_arg, add_run_arguments, add_source_arguments, check_run_arguments, describe_model, load_data,
     load_model, wandb_project,
@@ -32,8 +33,8 @@ from robust.evaluate_cli import (
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="robust audit", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="robust audit", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_arguments(p)
     p.add_argument("--norm", choices=("linf", "l2"), help="default: the checkpoint's threat model")
     p.add_argument("--eps", help="default: the checkpoint's")

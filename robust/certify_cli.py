@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
+from robust.cli import ArgumentParser
 from robust.evaluate_cli import (
     UsageError, _json_arg, add_run_arguments, add_source_arguments, check_run_arguments, describe_model, load_data,
     load_model, wandb_project,
@@ -34,7 +34,7 @@ STATE_NAME = "certify_state.jsonl"
 def parser() -> argparse.ArgumentParser:
     from robust.attacks.evaluation import list_attacks
 
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="robust certify",
         description="Certify robustness: randomized smoothing (L2 radii, Cohen et al. 2019) or bound propagation "
                     "(L-inf, IBP or CROWN intersected with IBP) with an attack that falsifies what cannot be "
@@ -48,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
     sm.add_argument("--n0", type=int, default=100, help="samples to select the top class")
     sm.add_argument("--n", type=int, default=100_000, help="samples to estimate its probability")
     sm.add_argument("--alpha", type=float, default=0.001, help="failure probability of each certificate")
+    sm.add_argument("--precision", choices=("32", "bf16"), default=None,
+                    help="noisy forward passes in float32 or bf16 autocast (default: bf16 on CUDA, 32 on CPU)")
     sm.add_argument("--radii", default="0,0.25,0.5,0.75,1.0", help="L2 radii to report certified accuracy at")
     sm.add_argument("--attack-radius", type=float,
                     help="also attack the smoothed classifier at this L2 radius (SmoothAdv PGD, then PREDICT) "
@@ -103,7 +105,7 @@ def run(argv: list[str]) -> int:
             batch_size=args.batch_size or (10_000 if device.type == "cuda" else 1000),
             radii=_floats(args.radii, "--radii"), n_examples=args.n_examples, seed=args.seed, state_path=state,
             progress=progress, attack_radius=args.attack_radius, attack_examples=args.attack_examples,
-            checkpoint=args.checkpoint)
+            checkpoint=args.checkpoint, precision=args.precision)
     else:
         if args.eps is None and (ckpt_threat is None or ckpt_threat.norm != "linf"):
             raise UsageError("give --eps (this model carries no L-inf threat model)")

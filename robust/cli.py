@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,9 +48,87 @@ Run `robust <command> --help` for the options of a command.
 """
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the ``robust`` error format: one line on stderr, ``robust: error: ...``, exit 2."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(2, f"robust: error: {message} (see `{self.prog} --help`)\n")
+
+
 def recipes_dir() -> Path:
     """The repository's ``recipes/`` folder (the package is installed in editable mode)."""
     return Path(__file__).resolve().parents[1] / "recipes"
+
+
+def _config_values(args: Sequence[str]) -> list[str]:
+    """The values of ``--config``/``-c`` in ``args`` (each a file or an inline YAML/JSON string)."""
+    values = []
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            values.append(args[i + 1])
+        elif arg.startswith("--config="):
+            values.append(arg.split("=", 1)[1])
+    return values
+
+
+def check_configs(args: Sequence[str]) -> None:
+    """Refuse a config (file or inline) that is not YAML, or that names a ``class_path`` outside the
+    allowlist, before jsonargparse imports anything from it."""
+    import yaml
+
+    from robust.spec import CONFIG_PREFIXES, SpecError, check_tree
+
+    for value in _config_values(args):
+        path = Path(value)
+        try:
+            is_file = path.is_file()
+        except (OSError, ValueError):  # an inline config too long or odd to be a path
+            is_file = False
+        if is_file:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise SpecError(f"config {path}: cannot be read as text ({type(exc).__name__})") from None
+        elif path.suffix.lower() in (".yaml", ".yml", ".json"):
+            raise FileNotFoundError(f"config not found: {path.resolve()}")
+        else:
+            text = value
+        try:
+            config = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+            raise SpecError(f"config {value if is_file else '(inline)'}: not valid YAML{at}: "
+                            f"{getattr(exc, 'problem', None) or exc}") from None
+        if is_file and not isinstance(config, dict):
+            raise SpecError(f"config {path}: expected a mapping of sections (model:, data:, trainer:), "
+                            f"got {type(config).__name__}")
+        try:
+            check_tree(config, "", CONFIG_PREFIXES)
+        except SpecError as exc:
+            raise SpecError(f"config {value if is_file else '(inline)'}: {exc}") from None
+
+
+def check_ckpt_path(args: Sequence[str]) -> None:
+    """Check a ``--ckpt_path`` file like any checkpoint from elsewhere (weights only, allowlisted
+    class paths) before Lightning resumes from it; ``last``/``best``/``hpc``/``registry`` are Lightning's."""
+    from robust.safe_load import check_checkpoint
+
+    for i, arg in enumerate(args):
+        value = args[i + 1] if arg == "--ckpt_path" and i + 1 < len(args) else (
+            arg.split("=", 1)[1] if arg.startswith("--ckpt_path=") else None)
+        if value is not None and value not in ("last", "best", "hpc", "registry", "null", "None", ""):
+            check_checkpoint(Path(value))
+
+
+def _restrict_imports() -> None:
+    """jsonargparse imports only allowlisted paths named by values (configs, the command line)."""
+    from jsonargparse import set_parsing_settings
+
+    from robust.spec import CONFIG_PREFIXES
+
+    set_parsing_settings(import_path_denylist=["*"],
+                         import_path_allowlist=[p.rstrip(".") for p in CONFIG_PREFIXES])
 
 
 def _lightning_cli(args: Sequence[str] | None, run: bool = True) -> Any:
@@ -81,6 +161,9 @@ def _lightning_cli(args: Sequence[str] | None, run: bool = True) -> Any:
         def after_test(self) -> None:
             self._write_results()
 
+    check_configs(sys.argv[1:] if args is None else args)
+    check_ckpt_path(sys.argv[1:] if args is None else args)
+    _restrict_imports()
     return RobustCLI(
         RobustClassifier,
         RobustDataModule,
@@ -90,7 +173,7 @@ def _lightning_cli(args: Sequence[str] | None, run: bool = True) -> Any:
         auto_configure_optimizers=False,
         args=None if args is None else list(args),
         run=run,
-        parser_kwargs={"prog": "robust", "exit_on_error": True},
+        parser_kwargs={"prog": "robust", "exit_on_error": False},
     )
 
 
@@ -100,24 +183,61 @@ def main(argv: Sequence[str] | None = None) -> int:
     from robust.evaluation.core import EvaluationStateError
     from robust.leaderboard.store import StoreError
     from robust.module import CheckpointError
+    from robust.safe_load import UnsafeFileError
     from robust.spec import SpecError
 
     try:
         return _main(argv)
     except (DataNotFoundError, DataFormatError, CheckpointError, SpecError, FileNotFoundError,
-            EvaluationStateError, StoreError) as exc:
-        print(f"robust: error: {exc}", file=sys.stderr)
+            EvaluationStateError, StoreError, UnsafeFileError) as exc:
+        print(f"robust: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
-    except ValueError as exc:
+    except (ValueError, argparse.ArgumentError) as exc:  # jsonargparse's parse errors are ArgumentErrors
         print(f"robust: error: {_first_reason(str(exc))}", file=sys.stderr)
         return 2
+    except (IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        print(f"robust: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return 2
+    except FloatingPointError as exc:  # training diverged: not bad input, but one line all the same
+        print(f"robust: error: {_one_line(str(exc))}", file=sys.stderr)
+        return 1
+
+
+def _one_line(message: str) -> str:
+    return " ".join(part.strip() for part in message.strip().splitlines() if part.strip()) or "failed"
 
 
 def _first_reason(message: str) -> str:
-    """The first concrete reason in a jsonargparse union error, else the whole message."""
-    reasons = [line.strip()[2:] for line in message.splitlines()
-               if line.strip().startswith("- ") and "Expected a <class 'NoneType'>" not in line]
-    return reasons[0] if reasons else message.strip().splitlines()[0]
+    """The most specific reason in a (nested) jsonargparse error, on one line, after the keys that lead to it.
+
+    jsonargparse nests ``Parser key "k":`` and ``Problem with given class_path ...:`` headers and
+    lists one ``- reason`` per type of a union; the last concrete line that is not about ``None``
+    names the problem.
+    """
+    from robust.spec import CONFIG_PREFIXES
+
+    denied = re.search(r"Importing '([^']+)' is not allowed", message)
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    keys: list[str] = []
+    reason = lines[0] if lines else "invalid input"
+    for line in lines:
+        text = line[2:] if line.startswith("- ") else line
+        key = re.match(r'Parser key "([^"]+)":\s*(.*)$', text)
+        if key:
+            if not keys or keys[-1] != key.group(1):
+                keys.append(key.group(1))
+            text = key.group(2)
+        if (not text or text.endswith(":") or "NoneType" in text
+                or text.startswith(("Does not validate against", "Subtypes:", "Errors:", "Given value"))):
+            continue
+        reason = text
+        if denied:
+            break
+    if denied:
+        reason = (f"class_path {denied.group(1)!r} is outside the allowlist "
+                  f"({', '.join(p + '*' for p in CONFIG_PREFIXES)}); refusing to import it")
+    where = ": ".join(keys)
+    return f"{where}: {reason}" if where and not reason.startswith("Parser key") else reason
 
 
 def _main(argv: Sequence[str] | None) -> int:

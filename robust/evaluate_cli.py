@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from robust.cli import ArgumentParser
+
 STATE_NAME = "evaluate_state.pt"
 
 
@@ -73,6 +75,9 @@ def check_run_arguments(args: argparse.Namespace) -> torch.device:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda but CUDA is not available")
+    from robust.runtime import fast_cuda
+
+    fast_cuda(device)
     return device
 
 
@@ -86,7 +91,7 @@ def wandb_project(args: argparse.Namespace) -> str | None:
 def parser() -> argparse.ArgumentParser:
     from robust.attacks.evaluation import list_attacks
 
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="robust evaluate",
         description="Measure empirical robustness (AutoAttack under the RobustBench protocol by default), "
                     "audit it for gradient masking and write report.json, report.md and plots.",
@@ -137,10 +142,10 @@ def load_model(args: argparse.Namespace, num_classes: int | None) -> tuple[torch
         raise UsageError("give exactly one of --checkpoint or --model")
     if args.checkpoint:
         from robust.module import RobustClassifier
+        from robust.safe_load import check_checkpoint
 
         path = Path(args.checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path.resolve()}")
+        check_checkpoint(path)  # no pickled code, no class_path outside the allowlist, before Lightning sees it
         module = RobustClassifier.load_from_checkpoint(path, map_location="cpu")
         return module.model, module.eval_threat, module.method
     from robust.models import create
@@ -151,15 +156,10 @@ def load_model(args: argparse.Namespace, num_classes: int | None) -> tuple[torch
     model = create(args.model, num_classes, **kwargs)
     if args.weights:
         from robust.module import CheckpointError
+        from robust.safe_load import load_weights_only
 
         path = Path(args.weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"weights not found: {path.resolve()}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001
-            raise CheckpointError(f"{path}: not a state_dict that loads with weights_only=True ({type(err).__name__})"
-                                  ) from None
+        state = load_weights_only(path, "weights file")
         if isinstance(state, dict) and "state_dict" in state:
             state = {k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")}
         try:

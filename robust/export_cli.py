@@ -15,14 +15,15 @@ import json
 import sys
 from pathlib import Path
 
+from robust.cli import ArgumentParser
 from robust.evaluate_cli import UsageError, _json_arg, add_source_arguments, load_data, load_model
 
 
 def parser() -> argparse.ArgumentParser:
     from robust.attacks.evaluation import list_attacks
 
-    p = argparse.ArgumentParser(prog="robust export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="robust export", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_arguments(p)
     p.add_argument("--formats", default="onnx,torchscript", help="comma-separated: onnx, torchscript")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset")

@@ -19,12 +19,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from robust.cli import ArgumentParser
 from robust.leaderboard.entry import THREATS, EntryError
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="robust leaderboard", description="The robustness leaderboard: add reports or "
-                                "RobustBench records, show ranked boards, export them.")
+    p = ArgumentParser(prog="robust leaderboard", description="The robustness leaderboard: add reports or "
+                       "RobustBench records, show ranked boards, export them.")
     p.add_argument("--db", help="SQLite file or SQLAlchemy URL (default: $ROBUST_LEADERBOARD or runs/leaderboard.db)")
     sub = p.add_subparsers(dest="action", required=True)
     add = sub.add_parser("add", help="add a robust evaluate/certify report.json, a RobustBench model_info JSON or a "
@@ -57,10 +58,12 @@ def load_entries(path: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path.resolve()}")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise EntryError(f"{path}: not a JSON file ({getattr(err, 'msg', err)})") from None
     if isinstance(data, dict) and data.get("format") == "robust-leaderboard":
+        if not isinstance(data.get("entries"), list):
+            raise EntryError(f"{path}: a leaderboard export needs an 'entries' list")
         return read_json(path)
     if isinstance(data, dict) and ("autoattack_acc" in data or "corruptions_acc" in data):
         return [read_robustbench(path, args.threat, args.n_examples)]

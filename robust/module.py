@@ -31,6 +31,7 @@ from robust.attacks.evaluation import build_attack, pgd_robust_correct
 from robust.attacks.training import pgd
 from robust.methods import Method, Standard
 from robust.runtime import to_channels_last
+from robust.safe_load import UnsafeFileError, check_checkpoint
 from robust.threat import Eps, ThreatModel
 
 Optimizer = Literal["sgd", "adam", "adamw"]
@@ -222,11 +223,15 @@ class RobustClassifier(pl.LightningModule):
                              strict: bool | None = None, weights_only: bool | None = True, **kwargs: Any) -> "RobustClassifier":
         """Load with ``weights_only=True`` by default: a checkpoint cannot run code."""
         try:
+            if weights_only is not False:  # class paths checked before Lightning can import anything
+                check_checkpoint(checkpoint_path)
             return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
                                                 strict=strict, weights_only=weights_only, **kwargs)
         except Exception as exc:  # noqa: BLE001 - re-raised with the reason a user can act on
             if isinstance(exc, (CheckpointError, FileNotFoundError)):
                 raise
+            if isinstance(exc, UnsafeFileError):
+                raise CheckpointError(str(exc)) from None
             if "Weights only load failed" in str(exc) or "UnpicklingError" in type(exc).__name__:
                 raise CheckpointError(
                     f"{checkpoint_path}: refused to unpickle objects other than tensors and plain data "

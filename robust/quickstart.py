@@ -96,8 +96,10 @@ def leaderboard_entry(name: str, result: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="robust quickstart", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from robust.cli import ArgumentParser
+
+    parser = ArgumentParser(prog="robust quickstart", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/quickstart", help="folder for checkpoints, wandb runs and results")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipes' max_epochs")
     parser.add_argument("--skip-standard", action="store_true", help="train only the PGD model")

@@ -17,6 +17,12 @@ import re
 from typing import Any
 
 ALLOWED_PREFIXES: tuple[str, ...] = ("robust.", "torchvision.models.", "torch.nn.")
+# Functions a spec may name (everything else it names must be a class).
+FACTORIES = frozenset({"robust.models.create"})
+# A recipe's trainer section also names Lightning's callbacks, loggers and trainer plugins.
+CONFIG_PREFIXES: tuple[str, ...] = ALLOWED_PREFIXES + tuple(
+    f"lightning.pytorch.{part}." for part in ("callbacks", "loggers", "strategies", "plugins", "profilers",
+                                              "accelerators"))
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
 
@@ -24,16 +30,35 @@ class SpecError(ValueError):
     """A spec that cannot be rebuilt (not allowlisted, malformed, or failing)."""
 
 
-def check_allowed(class_path: Any) -> str:
+def check_allowed(class_path: Any, prefixes: tuple[str, ...] = ALLOWED_PREFIXES) -> str:
     """Return ``class_path`` if it may be imported, else raise :class:`SpecError`."""
     if not isinstance(class_path, str) or not _DOTTED.match(class_path):
         raise SpecError(f"class_path {class_path!r} is not a dotted import path")
-    if not class_path.startswith(ALLOWED_PREFIXES):
+    if not class_path.startswith(prefixes):
         raise SpecError(
             f"class_path {class_path!r} is outside the allowlist "
-            f"({', '.join(p + '*' for p in ALLOWED_PREFIXES)}); refusing to import it"
+            f"({', '.join(p + '*' for p in prefixes)}); refusing to import it"
         )
     return class_path
+
+
+def check_tree(value: Any, where: str = "", prefixes: tuple[str, ...] = ALLOWED_PREFIXES) -> None:
+    """Check every ``class_path`` (and Lightning's ``_class_path``) nested in ``value`` without
+    importing anything; the :class:`SpecError` names the field, e.g. ``model.init_args.block``."""
+    if isinstance(value, dict):
+        for key in ("class_path", "_class_path"):
+            if key in value:
+                try:
+                    check_allowed(value[key], prefixes)
+                except SpecError as exc:
+                    if not where:
+                        raise
+                    raise SpecError(f"{where}: {exc}") from None
+        for key, item in value.items():
+            check_tree(item, f"{where}.{key}" if where else str(key), prefixes)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_tree(item, f"{where}[{i}]", prefixes)
 
 
 def import_object(class_path: str) -> Any:
@@ -47,6 +72,11 @@ def import_object(class_path: str) -> Any:
         raise SpecError(f"class_path {class_path!r} cannot be imported: {exc}") from exc
     if not callable(obj):
         raise SpecError(f"class_path {class_path!r} is not callable")
+    origin = f"{getattr(obj, '__module__', None) or ''}."
+    if not origin.startswith(ALLOWED_PREFIXES):  # e.g. a function another module re-exports
+        raise SpecError(f"class_path {class_path!r} resolves to {origin}{attr}, outside the allowlist")
+    if not inspect.isclass(obj) and class_path not in FACTORIES and not class_path.startswith("torchvision.models."):
+        raise SpecError(f"class_path {class_path!r} is a function, not a class or a model factory; refusing to call it")
     return obj
 
 
@@ -57,6 +87,7 @@ def is_spec(value: Any) -> bool:
 def build(value: Any) -> Any:
     """Rebuild objects from (possibly nested) specs; other values pass through."""
     if is_spec(value):
+        check_tree(value)  # the whole tree before the first import
         extra = set(value) - {"class_path", "init_args"}
         if extra:
             raise SpecError(f"spec for {value['class_path']!r} has unknown keys {sorted(extra)}")

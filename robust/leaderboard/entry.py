@@ -215,14 +215,59 @@ def from_report(report: Mapping[str, Any], name: str | None = None, **overrides:
     dataset, training method, checkpoint and weights sha256, versions, device, wandb run).
     ``overrides`` replace fields (e.g. ``name``, ``external``).
     """
-    prov = _provenance(report)
-    base = {"name": name or report.get("name") or prov["architecture"] or "model", **prov}
-    if report.get("kind") == "certification":
-        entry = _from_certification(report, base)
-    else:
-        entry = _from_evaluation(report, base)
+    check_report(report)
+    try:
+        prov = _provenance(report)
+        base = {"name": name or report.get("name") or prov["architecture"] or "model", **prov}
+        if report.get("kind") == "certification":
+            entry = _from_certification(report, base)
+        else:
+            entry = _from_evaluation(report, base)
+    except KeyError as exc:
+        raise EntryError(f"report: missing field {exc}") from None
+    except (TypeError, AttributeError, ValueError) as exc:
+        raise EntryError(f"report: a field has the wrong type ({exc})") from None
     entry.update({k: v for k, v in overrides.items() if v is not None})
     return validate(entry)
+
+
+_REPORT_FIELDS: dict[str, tuple[type, ...]] = {  # field -> JSON types it may have (None where optional)
+    "threat": (Mapping,), "clean": (Mapping,), "protocol": (Mapping, type(None)), "name": (str, type(None)),
+    "n_examples": (int,), "sweep": (list, type(None)),
+}
+_EVALUATION_FIELDS = {"robust": (Mapping,), "per_attack": (Mapping,), "audit": (Mapping, type(None))}
+_CERTIFICATION_FIELDS = {"method": (str,), "per_example": (list,)}
+_SMOOTHING_FIELDS = {"sigma": (int, float), "settings": (Mapping,), "certified_accuracy": (list,)}
+
+
+def check_report(report: Any) -> None:
+    """Refuse a ``report.json`` that does not have the shape ``robust evaluate``/``certify`` writes,
+    naming the first wrong field (:class:`EntryError`)."""
+    if not isinstance(report, Mapping):
+        raise EntryError(f"a report must be a JSON object, got {type(report).__name__}")
+    fields = dict(_REPORT_FIELDS)
+    if report.get("kind") == "certification":
+        fields.update(_CERTIFICATION_FIELDS)
+        if report.get("method") == "smoothing":
+            fields.update(_SMOOTHING_FIELDS)
+            del fields["n_examples"]
+    else:
+        fields.update(_EVALUATION_FIELDS)
+    for field, types in fields.items():
+        value = report.get(field)
+        if (value is None and type(None) not in types) or not isinstance(value, types) or isinstance(value, bool):
+            wanted = " or ".join("null" if t is type(None) else "an object" if t is Mapping else t.__name__
+                                 for t in types)
+            raise EntryError(f"report field {field!r}: expected {wanted}, got {value!r:.80}")
+    for field in ("clean", "robust"):
+        if isinstance(report.get(field), Mapping):
+            _record(report[field], field)
+    threat = report["threat"]
+    if not isinstance(threat.get("norm") or threat.get("kind"), str):
+        raise EntryError(f"report field 'threat': expected {{norm, eps}}, got {threat!r:.80}")
+    for i, point in enumerate(report.get("sweep") or []):
+        if not isinstance(point, Mapping):
+            raise EntryError(f"report field 'sweep[{i}]': expected an object, got {point!r:.80}")
 
 
 def _from_evaluation(report: Mapping[str, Any], base: dict[str, Any]) -> dict[str, Any]:

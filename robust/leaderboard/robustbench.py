@@ -93,9 +93,13 @@ def read_robustbench(path: str | Path, threat: str | None = None, n_examples: in
     """:func:`from_robustbench` on a file; the file name (without .json) is the model id."""
     file = Path(path)
     try:
-        info = json.loads(file.read_text())
+        info = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise EntryError(f"{file}: not JSON ({err.msg} at line {err.lineno})") from None
+    except UnicodeDecodeError:
+        raise EntryError(f"{file}: not a UTF-8 text file") from None
+    except OSError as err:
+        raise EntryError(f"{file}: cannot be read ({err.strerror})") from None
     if isinstance(info, dict):
         info = {**info, "model_id": info.get("model_id") or file.stem}
     if threat is None:  # RobustBench layout: model_info/<dataset>/<threat>/<model>.json

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, OperationalError, ProgrammingError
 
 from robust.leaderboard.entry import fingerprint, validate
 
@@ -80,8 +80,12 @@ class Store:
         try:
             self.engine = _engine(self.url)
             self._ensure_schema()
-        except OperationalError as err:
+        except DatabaseError as err:  # OperationalError included: unreachable, locked, not a database file
             raise StoreError(f"cannot open the leaderboard store {self.url!r}: {err.orig}") from None
+        except (ArgumentError, ImportError) as err:  # a malformed URL, an unknown dialect or a missing driver
+            raise StoreError(f"cannot open the leaderboard store {self.url!r}: {err}") from None
+        except OSError as err:  # the folder of a SQLite file cannot be created
+            raise StoreError(f"cannot open the leaderboard store {self.url!r}: {err.strerror}") from None
 
     # -------------------------------------------------------------------------------- schema
     def _ensure_schema(self) -> None:
