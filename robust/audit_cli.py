@@ -84,6 +84,11 @@ def _certification(args: argparse.Namespace, model: torch.nn.Module, x: torch.Te
 def run(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     args.prog = "robust audit"
+    from robust.distributed import launched
+
+    if launched():  # every process would run the whole audit and write the same files
+        raise UsageError("robust audit runs in one process: start it without torchrun "
+                         "(robust evaluate and robust certify share their work across torchrun's processes)")
     from robust.certify.report import write_certification
     from robust.evaluation.core import _fingerprint, evaluate
     from robust.evaluation.corruptions import evaluate_corruptions

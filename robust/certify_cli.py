@@ -12,6 +12,13 @@ Examples::
 Writes ``report.json``, ``report.md``, a per-example TSV (``certify.tsv`` or ``verify.tsv``) and a
 plot into ``--out``. Smoothing keeps its finished examples in ``<out>/certify_state.jsonl``:
 start the same command again after an interruption and it resumes.
+
+Started by torchrun, the processes share the examples (smoothing) or batches (ibp, crown) and
+rank 0 writes; the report equals a single process's. Write ``--n-samples`` for ``--n`` there
+(torchrun's parser takes ``--n`` for an abbreviation of its own options)::
+
+    torchrun --standalone --nproc_per_node 4 -m robust.cli certify --method smoothing \\
+        --checkpoint last.ckpt --data cifar10 --sigma 0.25 --n-samples 100000
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from robust import distributed
 from robust.cli import ArgumentParser
 from robust.evaluate_cli import (
     UsageError, _json_arg, add_run_arguments, add_source_arguments, check_run_arguments, describe_model, load_data,
@@ -46,7 +54,9 @@ def parser() -> argparse.ArgumentParser:
     sm = p.add_argument_group("randomized smoothing")
     sm.add_argument("--sigma", type=float, help="noise level; default: the checkpoint's GaussianNoise sigma")
     sm.add_argument("--n0", type=int, default=100, help="samples to select the top class")
-    sm.add_argument("--n", type=int, default=100_000, help="samples to estimate its probability")
+    sm.add_argument("--n", "--n-samples", dest="n", type=int, default=100_000,
+                    help="samples to estimate its probability (spell it --n-samples after torchrun, whose own "
+                         "parser reads --n as an abbreviation of its options)")
     sm.add_argument("--alpha", type=float, default=0.001, help="failure probability of each certificate")
     sm.add_argument("--precision", choices=("32", "bf16"), default=None,
                     help="noisy forward passes in float32 or bf16 autocast (default: bf16 on CUDA, 32 on CPU)")
@@ -83,43 +93,68 @@ def run(argv: list[str]) -> int:
 
     x, y, num_classes, data_desc = load_data(args)
     model, ckpt_threat, ckpt_method = load_model(args, num_classes)
-    device = check_run_arguments(args)
-    model = model.to(device).eval()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    progress = not args.no_progress
-    n = min(args.n_examples or len(y), len(y))
     if args.method == "smoothing":
         sigma = args.sigma if args.sigma is not None else getattr(ckpt_method, "sigma", None)
         if sigma is None:
             raise UsageError("give --sigma (this model was not trained with GaussianNoise)")
-        state = out / STATE_NAME
-        if args.fresh and state.exists():
-            state.unlink()
-        if state.exists():
-            print(f"robust certify: resuming from {state}", file=sys.stderr)
-        print(f"certifying {args.checkpoint or args.model} on {data_desc}: {n} images, randomized smoothing "
-              f"sigma {sigma:g}, n0 {args.n0}, n {args.n}, alpha {args.alpha}", file=sys.stderr)
-        report = certification.smoothing_report(
-            model, (x, y), sigma, n0=args.n0, n=args.n, alpha=args.alpha,
-            batch_size=args.batch_size or (10_000 if device.type == "cuda" else 1000),
-            radii=_floats(args.radii, "--radii"), n_examples=args.n_examples, seed=args.seed, state_path=state,
-            progress=progress, attack_radius=args.attack_radius, attack_examples=args.attack_examples,
-            checkpoint=args.checkpoint, precision=args.precision)
+        radii = _floats(args.radii, "--radii")
     else:
         if args.eps is None and (ckpt_threat is None or ckpt_threat.norm != "linf"):
             raise UsageError("give --eps (this model carries no L-inf threat model)")
         eps = _floats(args.eps, "--eps") if args.eps is not None else [float(ckpt_threat.eps)]
-        attack = None if args.attack.lower() == "none" else args.attack
-        print(f"verifying {args.checkpoint or args.model} on {data_desc}: {n} images, {args.method} at L-inf eps "
-              f"{', '.join(f'{e:g}' for e in eps)}, falsified by {attack or 'no attack'}", file=sys.stderr)
-        report = certification.verification_report(
-            model, (x, y), eps, method=args.method, attack=attack,
-            attack_options=_json_arg(args.attack_options, "--attack-options"), n_examples=args.n_examples,
-            batch_size=args.batch_size or 128, seed=args.seed, progress=progress, checkpoint=args.checkpoint)
-        if args.evaluation:
-            certification.compare_with_evaluation(report, _read_report(args.evaluation))
-    report["protocol"].update(data=data_desc, **describe_model(args, model, ckpt_method))
+        attack_options = _json_arg(args.attack_options, "--attack-options")
+        evaluation = _read_report(args.evaluation) if args.evaluation else None
+    wandb_project(args)  # refuses a bad combination before the ranks start
+    device = distributed.init_from_env(check_run_arguments(args))
+    try:
+        model = model.to(device).eval()
+        out = Path(args.out)
+        progress = not args.no_progress
+        main = distributed.is_main()
+        n = min(args.n_examples or len(y), len(y))
+        processes = f", {distributed.world()[1]} processes" if distributed.world()[1] > 1 else ""
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+        if args.method == "smoothing":
+            state = out / STATE_NAME
+            if main:
+                if args.fresh and state.exists():
+                    state.unlink()
+                if state.exists():
+                    print(f"robust certify: resuming from {state}", file=sys.stderr)
+                print(f"certifying {args.checkpoint or args.model} on {data_desc}: {n} images, randomized "
+                      f"smoothing sigma {sigma:g}, n0 {args.n0}, n {args.n}, alpha {args.alpha}{processes}",
+                      file=sys.stderr)
+            report = certification.smoothing_report(
+                model, (x, y), sigma, n0=args.n0, n=args.n, alpha=args.alpha,
+                batch_size=args.batch_size or (10_000 if device.type == "cuda" else 1000),
+                radii=radii, n_examples=args.n_examples, seed=args.seed, state_path=state,
+                progress=progress, attack_radius=args.attack_radius, attack_examples=args.attack_examples,
+                checkpoint=args.checkpoint, precision=args.precision)
+        else:
+            attack = None if args.attack.lower() == "none" else args.attack
+            if main:
+                print(f"verifying {args.checkpoint or args.model} on {data_desc}: {n} images, {args.method} at "
+                      f"L-inf eps {', '.join(f'{e:g}' for e in eps)}, falsified by {attack or 'no attack'}"
+                      f"{processes}", file=sys.stderr)
+            report = certification.verification_report(
+                model, (x, y), eps, method=args.method, attack=attack, attack_options=attack_options,
+                n_examples=args.n_examples, batch_size=args.batch_size or 128, seed=args.seed, progress=progress,
+                checkpoint=args.checkpoint)
+            if evaluation is not None:
+                certification.compare_with_evaluation(report, evaluation)
+        if main:
+            _write(args, report, out, data_desc, model, ckpt_method)
+        return 0 if report["consistency"]["ok"] else 1
+    finally:
+        distributed.cleanup()
+
+
+def _write(args: argparse.Namespace, report: dict, out: Path, data_desc: str, model: Any, method: Any) -> None:
+    """Report files, the wandb run and the summary on stdout (rank 0 of a torchrun run alone)."""
+    from robust.certify import report as certification
+
+    report["protocol"].update(data=data_desc, **describe_model(args, model, method))
     run_ = None
     if wandb_project(args):
         from robust.tracking import run_path, start_run
@@ -136,7 +171,6 @@ def run(argv: list[str]) -> int:
         certification.log_certification(report, run_, images=written)
         finish_run(run_)
     _print_summary(report, written)
-    return 0 if report["consistency"]["ok"] else 1
 
 
 def _read_report(path: str) -> dict[str, Any]:

@@ -10,6 +10,12 @@ Examples::
 
 The run keeps its finished batches in ``<out>/evaluate_state.pt``; start the same command
 again after an interruption and it resumes where it stopped.
+
+Started by torchrun, the processes share the batches of every attack pass (main attacks, sweep,
+audit, patch, spatial) and rank 0 writes the report, the state and the wandb run; the report
+equals a single process's, and a state resumes at any number of processes::
+
+    torchrun --standalone --nproc_per_node 4 -m robust.cli evaluate --checkpoint best.ckpt --data cifar10
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 
 import torch
 
+from robust import distributed
 from robust.cli import ArgumentParser
 
 STATE_NAME = "evaluate_state.pt"
@@ -230,8 +237,6 @@ def _all_xy(dm: Any) -> tuple[torch.Tensor, torch.Tensor]:
 def run(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     args.prog = "robust evaluate"
-    from robust.evaluation.core import evaluate, summarise_threat
-    from robust.evaluation.render import log_to_wandb, write_report
     from robust.threat import ThreatModel
 
     x, y, num_classes, data_desc = load_data(args)
@@ -246,29 +251,41 @@ def run(argv: list[str]) -> int:
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     options = _json_arg(args.attack_options, "--attack-options")
     sweep = [e.strip() for e in args.sweep.split(",") if e.strip()] if args.sweep else None
-    device = check_run_arguments(args)
+    wandb_project(args)  # refuses a bad combination before the ranks start
+    device = distributed.init_from_env(check_run_arguments(args))
+    try:
+        return _evaluate(args, model, method, x, y, data_desc, threat, attacks, options, sweep, device)
+    finally:
+        distributed.cleanup()
+
+
+def _evaluate(args: argparse.Namespace, model: torch.nn.Module, method: Any, x: torch.Tensor, y: torch.Tensor,
+              data_desc: str, threat: Any, attacks: list[str], options: dict[str, Any], sweep: list[str] | None,
+              device: torch.device) -> int:
+    """Measure and write; under torchrun every rank measures, rank 0 alone writes and logs."""
+    from robust.evaluation.core import evaluate, summarise_threat
+    from robust.evaluation.render import log_to_wandb, write_report
+
+    main = distributed.is_main()
     model = model.to(device)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     state = out / STATE_NAME
-    if args.fresh and state.exists():
-        state.unlink()
-    if state.exists():
-        print(f"robust evaluate: resuming from {state}", file=sys.stderr)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        if args.fresh and state.exists():
+            state.unlink()
+        if state.exists():
+            print(f"robust evaluate: resuming from {state}", file=sys.stderr)
+        print(f"evaluating {args.checkpoint or args.model} on {data_desc}: {len(y)} images"
+              + (f", first {args.n_examples}" if args.n_examples else "")
+              + f", {threat.norm} eps {threat.eps!r}, attacks {', '.join(attacks)}"
+              + (f", {distributed.world()[1]} processes" if distributed.world()[1] > 1 else ""), file=sys.stderr)
     progress = not args.no_progress
-    print(f"evaluating {args.checkpoint or args.model} on {data_desc}: {len(y)} images"
-          + (f", first {args.n_examples}" if args.n_examples else "")
-          + f", {threat.norm} eps {threat.eps!r}, attacks {', '.join(attacks)}", file=sys.stderr)
     report = evaluate(model, (x, y), threat, attacks, n_examples=args.n_examples, batch_size=args.batch_size,
                       seed=args.seed, audit=not args.no_audit, attack_options=options, sweep=sweep,
                       state_path=state, checkpoint=args.checkpoint, progress=progress)
     n = report.n_examples
     report.protocol.update(data=data_desc, **describe_model(args, model, method))
-    if args.corruptions:
-        from robust.evaluation.corruptions import evaluate_corruptions
-
-        report.corruptions = evaluate_corruptions(model, (x[:n], y[:n]), batch_size=args.batch_size,
-                                                  seed=args.seed, progress=progress)
     physical = {}
     if args.patch is not None:
         physical["patch"] = summarise_threat(model, x[:n], y[:n], "patch", args.batch_size, seed=args.seed,
@@ -277,6 +294,13 @@ def run(argv: list[str]) -> int:
         physical["spatial"] = summarise_threat(model, x[:n], y[:n], "spatial", args.batch_size, seed=args.seed,
                                                progress=progress)
     report.physical = physical or None
+    if not main:
+        return 0
+    if args.corruptions:  # on rank 0 alone, after the sharded passes
+        from robust.evaluation.corruptions import evaluate_corruptions
+
+        report.corruptions = evaluate_corruptions(model, (x[:n], y[:n]), batch_size=args.batch_size,
+                                                  seed=args.seed, progress=progress)
     run_ = None
     if wandb_project(args):
         from robust.tracking import run_path, start_run

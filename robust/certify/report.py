@@ -61,6 +61,8 @@ def smoothing_report(
     ``attack_examples`` examples are also attacked at that L2 radius with
     :func:`attack_smoothed`, which gives an empirical upper bound to check the certificates
     against: certified <= robust <= clean, allowing the few failures that ``alpha`` permits.
+    Under torchrun the examples are certified across ranks (:func:`certify_dataset`); the attack,
+    whose noise is one stream over all attacked examples, runs whole on every rank.
     """
     x, y = collect(data, n_examples)
     start = time.perf_counter()

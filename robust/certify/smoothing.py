@@ -25,6 +25,7 @@ from scipy.stats import beta, binomtest, norm
 from torch import nn
 from tqdm.auto import tqdm
 
+from robust import distributed
 from robust.evaluation.stats import accuracy_record
 from robust.runtime import autocast, check_precision, eval_mode, fold_batchnorm, model_device
 
@@ -224,6 +225,15 @@ def _load_state(path: str, settings: dict) -> dict[int, dict]:
     return rows
 
 
+def _open_state(path: str, settings: dict) -> dict[int, dict]:
+    """The rows a state file already holds; writes the header line to a new or empty file."""
+    rows = _load_state(path, settings)
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        with open(path, "w") as handle:
+            handle.write(json.dumps({"settings": settings}) + "\n")
+    return rows
+
+
 def certify_dataset(
     smooth: Smooth,
     x: torch.Tensor,
@@ -251,6 +261,8 @@ def certify_dataset(
     skips the rows already there. With ``Smooth(seed=...)`` the noise of each example depends
     only on the seed and its index, so a resumed run equals an uninterrupted one. A state
     written for other settings or data is refused. ``callback(row)`` runs after each row.
+    Under torchrun example ``i`` is certified on rank ``i % world_size``, every rank gets every
+    row and rank 0 alone reads and writes the state file.
     """
     n0, n, alpha = _count(n0, "n0"), _count(n, "n"), _alpha(alpha)
     batch_size = _count(batch_size, "batch_size")
@@ -262,23 +274,30 @@ def certify_dataset(
     settings = {"n0": n0, "n": n, "alpha": alpha, "batch_size": batch_size, "sigma": smooth.sigma,
                 "precision": smooth.precision,
                 "num_classes": smooth.num_classes, "seed": smooth.seed, "data": _fingerprint(x, y)}
-    rows = _load_state(os.fspath(state_path), settings) if state_path is not None else {}
-    if state_path is not None and (not os.path.exists(state_path) or os.path.getsize(state_path) == 0):
-        with open(state_path, "w") as handle:
-            handle.write(json.dumps({"settings": settings}) + "\n")
-    todo = [i for i in range(len(x)) if i not in rows]
-    for idx in tqdm(todo, desc="certify", unit="img", disable=not progress, leave=False):
+    rows = {} if state_path is None else distributed.run_on_main(lambda: _open_state(os.fspath(state_path), settings))
+
+    def compute(idx: int) -> dict:
         label = int(y[idx])
         start = time.perf_counter()
         predict, radius = smooth.certify(x[idx], n0, n, alpha, batch_size, _example_generator(smooth, idx))
-        row = {"idx": idx, "label": label, "predict": predict, "radius": radius,
-               "correct": int(predict == label), "time": time.perf_counter() - start}
-        rows[idx] = row
-        if state_path is not None:
+        return {"idx": idx, "label": label, "predict": predict, "radius": radius,
+                "correct": int(predict == label), "time": time.perf_counter() - start}
+
+    bar = tqdm(total=len(x) - len(rows), desc="certify", unit="img", disable=not (progress and distributed.is_main()),
+               leave=False)
+
+    def finished(new: dict[int, dict]) -> None:
+        rows.update(new)
+        if state_path is not None and distributed.is_main():
             with open(state_path, "a") as handle:
-                handle.write(json.dumps(row) + "\n")
+                handle.write("".join(json.dumps(row) + "\n" for row in new.values()))
+        bar.update(len(new))
         if callback is not None:
-            callback(row)
+            for row in new.values():
+                callback(row)
+
+    distributed.map_batches(len(x), compute, skip=rows, on_round=finished)
+    bar.close()
     return _summarise([rows[i] for i in range(len(x))], radii, max_certifiable_radius(smooth.sigma, n, alpha))
 
 

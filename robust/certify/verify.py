@@ -22,11 +22,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from robust import distributed
 from robust.attacks.evaluation import build_attack
 from robust.certify.ibp import certified, elided_bounds
 from robust.evaluation.core import collect
 from robust.evaluation.stats import accuracy_record
-from robust.runtime import eval_mode, full_float32, model_device
+from robust.runtime import eval_mode, full_float32, model_device, num_classes
 from robust.threat import ThreatModel
 
 METHODS = ("ibp", "crown")
@@ -73,49 +74,56 @@ def verify(
     and not broken by the attack) accuracy records, ``status_counts``, ``verified_by`` (examples each bound proves
     alone and combined), ``per_example`` rows (``idx label predict status``), the attack's
     settings and time, and a :func:`consistency` verdict. ``attack=None`` skips the attack: then
-    only misclassified inputs are ``falsified``.
+    only misclassified inputs are ``falsified``. Under torchrun the batches are shared out
+    (:func:`robust.distributed.map_batches`) and every rank returns the same report.
     """
     threat = ThreatModel("linf", eps)
     x, y = collect(data, n_examples)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = model_device(model)
-    attacker = None
-    rows: list[dict[str, Any]] = []
-    by = {"ibp": 0, "crown": 0, "combined": 0}
+    n_batches = (len(x) + batch_size - 1) // batch_size
+
+    def compute(b: int) -> dict[str, Any]:
+        first = b * batch_size
+        bx, by_ = x[first:first + batch_size].to(device), y[first:first + batch_size].to(device)
+        with torch.no_grad():
+            logits = model(bx)
+            bounds = margins(model, bx, by_, float(threat.eps), method)
+        pred = logits.argmax(1)
+        correct = pred == by_
+        proved = {k: certified(v, by_) & correct for k, v in bounds.items()}
+        broken, seconds, violations, rows = ~correct, 0.0, [], []
+        if attacker is not None and bool(correct.any()):
+            outcome = attacker.run(model, bx, by_, seed=seed + first)
+            seconds = outcome.seconds
+            broken = ~outcome.robust
+        for i in range(len(bx)):
+            if bool(proved["combined"][i]):
+                status = "verified"
+                if bool(broken[i]):
+                    violations.append(first + i)
+            elif bool(broken[i]):
+                status = "falsified"
+            else:
+                status = "inconclusive"
+            rows.append({"idx": first + i, "label": int(by_[i]), "predict": int(pred[i]), "status": status,
+                         "broken": bool(broken[i])})
+        return {"rows": rows, "proved": {k: int(v.sum()) for k, v in proved.items()}, "seconds": seconds,
+                "violations": violations}
+
     start = time.perf_counter()
-    attack_seconds = 0.0
-    violations: list[int] = []
     with eval_mode(model):
-        for first in tqdm(range(0, len(x), batch_size), desc=f"verify ({method})", unit="batch",
-                          disable=not progress, leave=False):
-            bx, by_ = x[first:first + batch_size].to(device), y[first:first + batch_size].to(device)
-            with torch.no_grad():
-                logits = model(bx)
-                bounds = margins(model, bx, by_, float(threat.eps), method)
-            if attacker is None and attack is not None:
-                attacker = build_attack(attack, threat, logits.shape[1], **dict(attack_options or {}))
-            pred = logits.argmax(1)
-            correct = pred == by_
-            proved = {k: certified(v, by_) & correct for k, v in bounds.items()}
-            for k, v in proved.items():
-                by[k] += int(v.sum())
-            broken = ~correct
-            if attacker is not None and bool(correct.any()):
-                outcome = attacker.run(model, bx, by_, seed=seed + first)
-                attack_seconds += outcome.seconds
-                broken = ~outcome.robust
-            for i in range(len(bx)):
-                if bool(proved["combined"][i]):
-                    status = "verified"
-                    if bool(broken[i]):
-                        violations.append(first + i)
-                elif bool(broken[i]):
-                    status = "falsified"
-                else:
-                    status = "inconclusive"
-                rows.append({"idx": first + i, "label": int(by_[i]), "predict": int(pred[i]), "status": status,
-                             "broken": bool(broken[i])})
+        attacker = None if attack is None else build_attack(attack, threat, num_classes(model, x),
+                                                            **dict(attack_options or {}))
+        with tqdm(total=n_batches, desc=f"verify ({method})", unit="batch", leave=False,
+                  disable=not (progress and distributed.is_main())) as bar:
+            done = distributed.map_batches(n_batches, compute, on_round=lambda new: bar.update(len(new)))
+    parts = [done[b] for b in range(n_batches)]
+    rows = [row for part in parts for row in part["rows"]]
+    by = {k: sum(part["proved"].get(k, 0) for part in parts) for k in ("ibp", "crown", "combined")}
+    attack_seconds = sum(part["seconds"] for part in parts)
+    violations = [i for part in parts for i in part["violations"]]
     n = len(rows)
     counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     clean = sum(r["label"] == r["predict"] for r in rows)

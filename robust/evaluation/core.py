@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from robust import distributed
 from robust.attacks.evaluation import AttackOutcome, build_attack, check_images
 from robust.evaluation.stats import accuracy_record
 from robust.runtime import eval_mode, model_device, num_classes
@@ -177,18 +178,20 @@ def attack_batches(
 ) -> dict[str, torch.Tensor]:
     """Run every attack on every batch; returns per-example tensors (cpu) for the whole set.
 
-    ``attacks`` are objects with ``name`` and ``run(model, x, y, seed) -> AttackOutcome``.
+    ``attacks`` are objects with ``name`` and ``run(model, x, y, seed) -> AttackOutcome``. Under
+    torchrun the batches are shared out (:func:`robust.distributed.map_batches`), every rank
+    gets the whole result, and rank 0 alone reads and writes the state file.
     """
     device = model_device(model)
     n = len(x)
-    records = _load_state(state_path, key) if state_path is not None else {}
+    records = distributed.run_on_main(lambda: _load_state(state_path, key)) if state_path is not None else {}
     n_batches = (n + batch_size - 1) // batch_size
-    bar = tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False)
-    for b in range(n_batches):
-        sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
-        if b in records:
-            bar.update(sl.stop - sl.start)
-            continue
+
+    def size(b: int) -> int:
+        return min(n, (b + 1) * batch_size) - b * batch_size
+
+    def compute(b: int) -> dict[str, Any]:
+        sl = slice(b * batch_size, b * batch_size + size(b))
         bx, by = x[sl].to(device), y[sl].to(device)
         with torch.no_grad():
             clean_pred = model(bx).argmax(1)
@@ -202,12 +205,21 @@ def attack_batches(
             rec["seconds"][attack.name] = out.seconds
             if b == 0:
                 rec["x_adv"][attack.name] = out.x_adv[:EXAMPLE_POOL].detach().cpu()
-        records[b] = rec
-        if state_path is not None:
+        return rec
+
+    bar = tqdm(total=n, desc=desc, unit="img", disable=not (progress and distributed.is_main()), leave=False)
+    bar.update(sum(size(b) for b in records))
+
+    def finished(new: dict[int, dict[str, Any]]) -> None:
+        records.update(new)
+        if state_path is not None and distributed.is_main():
             _save_atomic({"format": STATE_FORMAT, "key": key, "batches": records}, state_path)
-        bar.update(sl.stop - sl.start)
-        if on_batch is not None:
-            on_batch(b, n_batches)
+        for b in new:
+            bar.update(size(b))
+            if on_batch is not None:
+                on_batch(b, n_batches)
+
+    distributed.map_batches(n_batches, compute, skip=records, on_round=finished)
     bar.close()
     names = [a.name for a in attacks]
     ordered = [records[b] for b in range(n_batches)]
@@ -302,7 +314,9 @@ def evaluate(
     :mod:`robust.evaluation.audit` and marks the report ``unreliable`` if any fires.
     ``state_path`` makes the run resumable: finished batches are stored there and skipped
     when the same evaluation is started again. The model is put in eval mode and its mode
-    restored afterwards; the global RNG is left untouched.
+    restored afterwards; the global RNG is left untouched. Under torchrun every rank calls this:
+    the attacks of the main pass, the sweep and the audit share their batches across ranks
+    (:func:`attack_batches`) and every rank returns the same report.
     """
     threat = ThreatModel.coerce(threat)
     if isinstance(attacks, str):
@@ -460,7 +474,8 @@ def summarise_threat(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: s
 
     Returns a report-shaped dict: ``threat`` (the settings), ``clean``, ``robust``,
     ``per_class``, ``confusion``, ``seconds``. ``options`` go to
-    :func:`robust.evaluation.physical.patch_attack` / ``spatial_attack``.
+    :func:`robust.evaluation.physical.patch_attack` / ``spatial_attack``. Under torchrun its
+    batches are shared across ranks as in :func:`attack_batches`.
     """
     from robust.evaluation import physical
 
@@ -475,17 +490,21 @@ def summarise_threat(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: s
         raise ValueError(f"unknown threat kind {kind!r}; choose patch or spatial")
     start = time.perf_counter()
     device = model_device(model)
+    n_batches = (len(x) + batch_size - 1) // batch_size
+
+    def compute(b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        sl = slice(b * batch_size, (b + 1) * batch_size)
+        bx, by = x[sl].to(device), y[sl].to(device)
+        with torch.no_grad():
+            clean = model(bx).argmax(1).cpu()
+        res = attack(bx, by, b)
+        return clean, res.correct.cpu(), res.adv_pred.cpu()
+
     with eval_mode(model):
         n_classes = num_classes(model, x)
-        clean, correct, adv = [], [], []
-        for b, i in enumerate(tqdm(range(0, len(x), batch_size), desc=kind, disable=not progress, leave=False)):
-            bx, by = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-            with torch.no_grad():
-                clean.append(model(bx).argmax(1).cpu())
-            res = attack(bx, by, b)
-            correct.append(res.correct.cpu())
-            adv.append(res.adv_pred.cpu())
-    clean_pred, robust_mask, adv_pred = torch.cat(clean), torch.cat(correct), torch.cat(adv)
+        with tqdm(total=n_batches, desc=kind, disable=not (progress and distributed.is_main()), leave=False) as bar:
+            done = distributed.map_batches(n_batches, compute, on_round=lambda new: bar.update(len(new)))
+    clean_pred, robust_mask, adv_pred = (torch.cat([done[b][k] for b in range(n_batches)]) for k in range(3))
     robust, _, clean_rec, per_class, confusion = summarise(y, clean_pred, {kind: robust_mask}, {kind: adv_pred},
                                                            n_classes)
     return {"threat": describe, "n_examples": len(y), "clean": clean_rec,
