@@ -1,14 +1,17 @@
 """Training-time attacks, written for speed (these never *measure* robustness).
 
-Gradients are taken with respect to the input only (``torch.autograd.grad``), so
-parameters accumulate nothing; the model's train/eval mode is left as the caller
-set it (no toggling per step); the L-inf feasible box is computed once per batch
-and each step is a single clamp to it. Inputs are images in [0, 1].
+Gradients are taken with respect to the input only: the parameters are marked as not
+requiring gradients for the attack's duration, so autograd (and a ``torch.compile``d
+backward, which would otherwise compute weight gradients too) does no work for them and
+they accumulate nothing. The model's train/eval mode is left as the caller set it (no
+toggling per step); the L-inf feasible box is computed once per batch and each step is
+a single clamp to it. Inputs are images in [0, 1].
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +20,19 @@ from torch import nn
 from robust.threat import ThreatModel
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Run the block with ``model``'s trainable parameters marked ``requires_grad=False``, then restore them."""
+    params = [p for p in model.parameters() if p.requires_grad] if isinstance(model, nn.Module) else []
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def _ce_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -55,11 +71,12 @@ def pgd(
         x_adv = threat.random_start(x, e)
     else:
         x_adv = x.clone()
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        loss = loss_fn(model(x_adv), y)
-        (grad,) = torch.autograd.grad(loss, x_adv)
-        x_adv = threat.project(threat.step(x_adv.detach(), grad, alpha), x, e, box)
+    with frozen_parameters(model):
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            loss = loss_fn(model(x_adv), y)
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            x_adv = threat.project(threat.step(x_adv.detach(), grad, alpha), x, e, box)
     return x_adv.detach()
 
 
