@@ -55,6 +55,13 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"robust: error: {message} (see `{self.prog} --help`)\n")
 
 
+def newest_last_checkpoint(root: str | Path) -> Path | None:
+    """The most recently written ``last*.ckpt`` below ``root`` (temporary files of an interrupted
+    write start with a dot and are skipped), or ``None``."""
+    found = [p for p in Path(root).rglob("last*.ckpt") if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
 def recipes_dir() -> Path:
     """The repository's ``recipes/`` folder (the package is installed in editable mode)."""
     return Path(__file__).resolve().parents[1] / "recipes"
@@ -134,16 +141,36 @@ def _restrict_imports() -> None:
 def _lightning_cli(args: Sequence[str] | None, run: bool = True) -> Any:
     from lightning.pytorch.cli import LightningCLI
 
-    from robust.callbacks import WandbResults
+    from robust.callbacks import ResumeState, WandbResults
     from robust.data.base import RobustDataModule
     from robust.module import RobustClassifier
 
     class RobustCLI(LightningCLI):
-        """LightningCLI with the trainer defaults adversarial work needs (``inference_mode=False``)."""
+        """LightningCLI with the trainer defaults adversarial work needs (``inference_mode=False``) and
+        exact, crash-safe resumption (:class:`robust.callbacks.ResumeState`, atomic checkpoint writes)."""
 
         def add_arguments_to_parser(self, parser: Any) -> None:
             parser.add_argument("--results", default=None,
                                 help="validate/test: also write the metrics (and checkpoint path) to this JSON file")
+
+        def before_instantiate_classes(self) -> None:
+            # One seed: the data order follows seed_everything (an int by now: LightningCLI has drawn
+            # one if it was true), as initialisation, random starts and noise do.
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            seed = config.get("seed_everything")
+            init_args = (config.get("data") or {}).get("init_args")
+            if isinstance(seed, int) and not isinstance(seed, bool) and init_args is not None and "seed" in init_args:
+                init_args["seed"] = seed
+
+        def before_fit(self) -> None:
+            # --ckpt_path last: the newest last*.ckpt anywhere under the run's root folder. Lightning
+            # looks only in the checkpoint callback's folder, which with the recipes' wandb logger is
+            # named after the new run's id, so a rerun of the same command would not find it.
+            if self.config_init["fit"].get("ckpt_path") == "last":
+                found = newest_last_checkpoint(self.trainer.default_root_dir)
+                if found is not None:
+                    print(f"resuming from {found}", file=sys.stderr)
+                    self.config_init["fit"]["ckpt_path"] = str(found)
 
         def _write_results(self) -> None:
             path = self.config[self.subcommand].get("results")
@@ -168,7 +195,10 @@ def _lightning_cli(args: Sequence[str] | None, run: bool = True) -> Any:
         RobustClassifier,
         RobustDataModule,
         subclass_mode_data=True,
-        trainer_defaults={"inference_mode": False, "callbacks": [WandbResults()]},
+        # ResumeState: RNG states and data position in every checkpoint (exact `--ckpt_path last` resumes);
+        # AtomicCheckpointIO: a kill while a checkpoint is written leaves the previous file intact
+        trainer_defaults={"inference_mode": False, "callbacks": [WandbResults(), ResumeState()],
+                          "plugins": [{"class_path": "robust.checkpoint_io.AtomicCheckpointIO"}]},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         args=None if args is None else list(args),

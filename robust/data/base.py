@@ -14,9 +14,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
-from robust.data.resident import ResidentLoader
+from robust.data.resident import ResidentLoader, epoch_batches
 
 SPLIT_SEED = 0
 """Seed of every train/val split: splits are fixed, independent of the ``seed`` argument."""
@@ -171,6 +171,55 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
 
 
+class EpochSampler(DistributedSampler):
+    """The training order of the plain ``DataLoader`` path: resumable mid-epoch and rank-aware.
+
+    Yields this rank's examples of :func:`robust.data.resident.epoch_batches` (the order the
+    device-resident loader uses: a permutation from ``(seed, epoch)`` cut into fixed batches of
+    ``batch_size``, batch ``b`` to rank ``b % world_size``), batch after batch, so a ``DataLoader``
+    with the same ``batch_size`` makes exactly those batches. :meth:`seek` skips the batches of the
+    epoch already trained; :meth:`set_epoch` (called by Lightning before each epoch) starts a new one.
+
+    It is a ``DistributedSampler`` so that Lightning keeps it under DDP instead of wrapping it in its
+    own (whose batch boundaries depend on the number of processes).
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True) -> None:
+        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
+        self.batch_size = int(batch_size)
+        self.position = 0  # batches of ``self.epoch`` to skip on the next pass
+
+    def _batches(self) -> list[torch.Tensor]:
+        return epoch_batches(len(self.dataset), self.batch_size, self.seed, self.epoch, self.shuffle,
+                             rank=self.rank, world_size=self.num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        if int(epoch) != self.epoch:
+            self.epoch, self.position = int(epoch), 0
+
+    def seek(self, epoch: int, position: int) -> None:
+        """Continue ``epoch`` after its first ``position`` batches (resuming mid-epoch)."""
+        self.epoch, self.position = int(epoch), int(position)
+
+    def __iter__(self):
+        batches = self._batches()[self.position:]
+        self.position = 0  # the skip applies to one pass
+        return iter(torch.cat(batches).tolist() if batches else [])
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self._batches())
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if int(state.get("seed", self.seed)) != self.seed:
+            raise ValueError(f"the checkpoint's data order was drawn with seed {state['seed']}, this run's with "
+                             f"{self.seed}: resume with the same data seed")
+        self.seek(state["epoch"], state["position"])
+
+
 def _check_positive_int(value: object, name: str, allow_zero: bool = False) -> None:
     low = 0 if allow_zero else 1
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -189,7 +238,9 @@ class RobustDataModule(pl.LightningDataModule):
         batch_size: training batch size.
         eval_batch_size: validation/test batch size (default: ``batch_size``).
         num_workers: DataLoader worker processes (0 loads in the main process).
-        seed: seeds the training shuffle (a ``torch.Generator``); splits never depend on it.
+        seed: seeds the training order (a permutation per epoch from ``(seed, epoch)``, the same for the
+            ``DataLoader`` and the device-resident path) and the device-resident augmentation; splits
+            never depend on it. The training order is resumable mid-epoch (:class:`EpochSampler`).
         val_size: validation examples carved from the training data, a count or a fraction.
         device_resident: hold every split on the training device as uint8 and make batches there,
             with the augmentation done on the device too (:class:`robust.data.resident.ResidentLoader`);
@@ -252,8 +303,9 @@ class RobustDataModule(pl.LightningDataModule):
         if self.device_resident:
             padding, flip = self._augmentation()
             return self._resident(self.train_set, self.batch_size, shuffle=True, crop_padding=padding, flip=flip)
-        generator = torch.Generator().manual_seed(self.seed)
-        return self._loader(self.train_set, self.batch_size, shuffle=True, generator=generator)
+        rank, world = self._rank()
+        sampler = EpochSampler(self.train_set, self.batch_size, seed=self.seed, rank=rank, world_size=world)
+        return self._loader(self.train_set, self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader | ResidentLoader | list:
         self._ensure("fit")
@@ -296,18 +348,18 @@ class RobustDataModule(pl.LightningDataModule):
         if missing:
             self.setup(stage)
 
-    def _loader(
-        self,
-        dataset: Dataset,
-        batch_size: int,
-        shuffle: bool = False,
-        generator: torch.Generator | None = None,
-    ) -> DataLoader:
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _loader(self, dataset: Dataset, batch_size: int, sampler: EpochSampler | None = None) -> DataLoader:
+        # its own generator: the DataLoader draws a seed for its workers at every ``iter()``, which must
+        # not advance the global RNG (random starts, noise) differently in a resumed run
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            sampler=sampler,
+            generator=torch.Generator().manual_seed(self.seed),
             drop_last=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -319,7 +371,7 @@ class RobustDataModule(pl.LightningDataModule):
         """A :class:`ResidentLoader` on the trainer's device (CPU without a trainer), one shard per rank."""
         trainer = self.trainer
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        rank, world = self._rank()
         images, labels = _stored(dataset)
         return ResidentLoader(images, labels, batch_size, device, shuffle=shuffle, seed=self.seed,
                               crop_padding=crop_padding, flip=flip, rank=rank, world_size=world)

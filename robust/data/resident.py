@@ -28,6 +28,28 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> 1)
 
 
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True, drop_last: bool = False,
+                  rank: int = 0, world_size: int = 1) -> list[torch.Tensor]:
+    """The index batches rank ``rank`` of ``world_size`` takes in ``epoch``: one order of ``range(n)``
+    (a permutation from ``(seed, epoch)`` when shuffling), cut into batches of ``batch_size``; rank
+    ``r`` takes batches ``r, r + world_size, ...``, cut to the same count on every rank when shuffling.
+
+    Batch boundaries do not depend on ``world_size``: ``k`` ranks at batch ``b`` together see the
+    examples one process sees at batch ``k * b`` (same global batch, same examples per step).
+    """
+    if shuffle:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(seed, epoch)))
+    else:
+        order = torch.arange(n)
+    batches = list(order.split(batch_size))
+    if drop_last and batches and len(batches[-1]) < batch_size:
+        batches.pop()
+    mine = batches[rank::world_size]
+    if shuffle and world_size > 1:
+        mine = mine[: len(batches) // world_size]
+    return mine
+
+
 def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
     """Per image, a random ``H x W`` window of ``x`` zero-padded by ``padding`` pixels on each side,
     then (with ``flip``) a horizontal flip with probability 1/2. ``x`` is (N, C, H, W); the
@@ -86,19 +108,13 @@ class ResidentLoader:
         if int(epoch) != self.epoch:
             self.epoch, self.position = int(epoch), 0
 
+    def seek(self, epoch: int, position: int) -> None:
+        """Continue ``epoch`` after its first ``position`` batches (resuming mid-epoch)."""
+        self.epoch, self.position = int(epoch), int(position)
+
     def _batches(self) -> list[torch.Tensor]:
-        n = len(self.labels)
-        if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(self.seed, self.epoch)))
-        else:
-            order = torch.arange(n)
-        batches = list(order.split(self.batch_size))
-        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
-            batches.pop()
-        mine = batches[self.rank::self.world_size]
-        if self.shuffle and self.world_size > 1:
-            mine = mine[: len(batches) // self.world_size]
-        return mine
+        return epoch_batches(len(self.labels), self.batch_size, self.seed, self.epoch, self.shuffle, self.drop_last,
+                             self.rank, self.world_size)
 
     def __len__(self) -> int:
         return len(self._batches())
