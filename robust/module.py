@@ -316,10 +316,10 @@ class RobustClassifier(pl.LightningModule):
             with torch.no_grad():
                 logits = self.net(x)
             clean = logits.argmax(1) == y
-            self.log(f"{stage}/clean_acc", clean.float().mean(), prog_bar=True, batch_size=len(y))
-            self.log(f"{stage}/loss", F.cross_entropy(logits, y), batch_size=len(y))
+            self.log(f"{stage}/clean_acc", clean.float().mean(), prog_bar=True, batch_size=len(y), sync_dist=True)
+            self.log(f"{stage}/loss", F.cross_entropy(logits, y), batch_size=len(y), sync_dist=True)
             for name, value in self.method.eval_metrics(self.net, x, y, logits).items():
-                self.log(f"{stage}/{name}", value, prog_bar=True, batch_size=len(y))
+                self.log(f"{stage}/{name}", value, prog_bar=True, batch_size=len(y), sync_dist=True)
             if self.eval_threat is None:
                 return
             if stage == "val":
@@ -332,7 +332,7 @@ class RobustClassifier(pl.LightningModule):
                     step_size=self.hparams.test_attack_step_size, restarts=self.hparams.test_attack_restarts,
                     seed=self.hparams.seed + 1000 * batch_idx,
                 )
-            self.log(f"{stage}/robust_acc", (robust & clean).float().mean(), prog_bar=True, batch_size=len(y))
+            self.log(f"{stage}/robust_acc", (robust & clean).float().mean(), prog_bar=True, batch_size=len(y), sync_dist=True)
             if stage == "val" and self.hparams.get("val_eval_attack"):
                 self._registry_attack(x, y, logits.shape[1])
 
@@ -348,7 +348,7 @@ class RobustClassifier(pl.LightningModule):
         attack = build_attack(name, self.eval_threat, n_classes, **self.hparams.val_eval_options)
         robust = attack.run(self.model, x, y, seed=self.hparams.seed + self._val_eval_seen).robust
         self._val_eval_seen += len(y)
-        self.log(f"val/{name}_acc", robust.float().mean(), batch_size=len(y))
+        self.log(f"val/{name}_acc", robust.float().mean(), batch_size=len(y), sync_dist=True)
 
     @override
     def on_validation_epoch_start(self) -> None:
