@@ -119,6 +119,17 @@ def test_attack_takes_input_gradients_only_and_keeps_the_mode(name, mode, model,
     assert all(p.requires_grad for p in model.parameters())
 
 
+def test_pgd_refuses_to_return_a_point_outside_the_ball(model, heldout, monkeypatch):
+    # The check runs on the device without a host sync (torch._assert_async); on the CPU it fires at
+    # once. A projection that lets the point escape the ball must not go unnoticed.
+    x, y = heldout
+    threat = ThreatModel("linf", 0.1)
+    pgd(model, x[:8], y[:8], threat, steps=2)  # the honest projection passes
+    monkeypatch.setattr(ThreatModel, "project", lambda self, x_adv, x0, eps=None, box=None: x_adv)
+    with pytest.raises(RuntimeError, match="outside the threat model's ball"):
+        pgd(model, x[:8], y[:8], threat, steps=5, step_size=0.1)
+
+
 def test_pgd_options(model, heldout):
     """``eps`` overrides the threat's radius (warm-up); ``random_start=False`` is deterministic;
     ``start`` is projected into the set first."""

@@ -77,7 +77,10 @@ def pgd(
             loss = loss_fn(model(x_adv), y)
             (grad,) = torch.autograd.grad(loss, x_adv)
             x_adv = threat.project(threat.step(x_adv.detach(), grad, alpha), x, e, box)
-    return x_adv.detach()
+    x_adv = x_adv.detach()
+    # never a point outside the ball or [0, 1]: checked on the device, without waiting for it
+    torch._assert_async(threat.contains(x_adv, x, e).all(), "pgd returned a point outside the threat model's ball or [0, 1]")
+    return x_adv
 
 
 def fgsm_rs(
