@@ -64,6 +64,27 @@ def _median_seconds(fn, device: torch.device, repeats: int, warmup: int) -> floa
     return statistics.median(times)
 
 
+def check_fresh_noise(device: torch.device) -> float:
+    """Every noisy sample of CERTIFY's loop gets its own noise: record what the network sees over
+    three batches and assert that no two samples (within or across batches) are equal. Returns
+    the smallest distance between two samples."""
+    seen: list[torch.Tensor] = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x.detach().float().flatten(1).clone())
+            return torch.zeros(len(x), 10, device=x.device)
+
+    recorder = Recorder().to(device)
+    Smooth(recorder, 10, sigma=0.25, seed=0, fast=False)._counts(torch.rand(1, 8, 8, device=device), 12, 4, None)
+    samples = torch.cat(seen)
+    assert len(samples) == 12, f"expected 12 noisy samples, saw {len(samples)}"
+    gaps = torch.cdist(samples, samples) + torch.eye(len(samples), device=device) * 1e9
+    closest = float(gaps.min())
+    assert closest > 0, "two noisy samples were identical: the noise is not fresh for every sample"
+    return closest
+
+
 def bench_model(name: str, device: torch.device, batch: int, n: int, repeats: int, warmup: int,
                 precision: str | None = None, fast: bool | None = None, certify_images: int = 0,
                 certify_n: int = 100_000, compile: bool = False) -> dict:
@@ -141,6 +162,9 @@ def main(argv: list[str] | None = None) -> dict:
            "goal": GOAL[device.type], "models": {}}
     print(f"certification throughput vs plain forward on {machine} (batch {batch}, {n} samples, "
           f"median of {args.repeats})")
+    out["fresh_noise_min_distance"] = check_fresh_noise(device)
+    print(f"  fresh noise: 12 samples over 3 batches, all distinct (closest pair {out['fresh_noise_min_distance']:.2f} "
+          f"apart in L2; ok)")
     for name in args.models.split(","):
         certify_images = args.certify_images if args.certify_images is not None else (3 if device.type == "cuda" else 0)
         r = bench_model(name, device, batch, n, args.repeats, args.warmup, precision=args.precision,

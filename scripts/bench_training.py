@@ -151,7 +151,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "(default 300, quick 30)")
     p.add_argument("--train-seconds", type=float, default=60.0, help="time cap of that training, s")
     p.add_argument("--eval-examples", type=int, default=None, help="test images for robust accuracy "
-                   "(default 1000, quick 128)")
+                   "(default 2000, quick 128)")
     p.add_argument("--quick", action="store_true", help="fewer repeats, shorter training")
     p.add_argument("--json", default=None, help="also write the results to this path")
     p.add_argument("--seed", type=int, default=0)
@@ -163,7 +163,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.repeats = a.repeats if a.repeats is not None else (5 if quick else 30)
     a.warmup = a.warmup if a.warmup is not None else (1 if quick else 3)
     a.train_steps = a.train_steps if a.train_steps is not None else (30 if quick else 300)
-    a.eval_examples = a.eval_examples if a.eval_examples is not None else (128 if quick else 1000)
+    a.eval_examples = a.eval_examples if a.eval_examples is not None else (128 if quick else 2000)
     return a
 
 

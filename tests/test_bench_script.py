@@ -128,6 +128,7 @@ def test_certification_benchmark_times_complete_certificates(tmp_path) -> None:
                          "--warmup", "0", "--certify-images", "1", "--certify-n", "400", "--json", str(path)])
     r = out["models"]["cnn_small"]
     assert json.loads(path.read_text())["models"]["cnn_small"]["samples"] == 400
+    assert out["fresh_noise_min_distance"] > 0
     assert r["precision"] == "32" and r["fast"] is False  # the CPU defaults
     assert r["forward_images_per_s"] == r["plain_forward_images_per_s"]  # the same network on CPU
     assert _positive(r["certify_samples_per_s"]) and _positive(r["certify_seconds_per_image"])
