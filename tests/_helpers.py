@@ -195,3 +195,29 @@ def assert_audit_matches_reports(out: Any, name: str | None = None) -> dict:
         {k: v for k, v in expected.items() if k not in ("certified", "timestamp")}
     assert entry["certified"][0]["correct"] == certification["certified"]["correct"]
     return evaluation
+
+
+def tiny_fit_config(path: Any, epochs: int = 2, scheduler: str = "onecycle", checkpoint: dict | None = None,
+                    data: dict | None = None, **trainer: Any) -> Any:
+    """Write a `robust fit` config for PGD training of CNN-small on the digits (seed 0, Adam 3e-3,
+    2-step attacks, a ``last.ckpt`` ModelCheckpoint with ``checkpoint`` settings) to ``path``."""
+    import yaml
+
+    config = {
+        "seed_everything": 0,
+        "model": {
+            "model": {"class_path": "robust.models.CNNSmall", "init_args": {"num_classes": 10, "input_size": 8}},
+            "method": {"class_path": "robust.methods.PGD",
+                       "init_args": {"threat": {"norm": "linf", "eps": 0.2}, "steps": 2, "warmup": 1}},
+            "optimizer": "adam", "lr": 3.0e-3, "weight_decay": 0.0, "scheduler": scheduler, "val_attack_steps": 2,
+        },
+        "data": {"class_path": "robust.data.Digits", "init_args": {"batch_size": 64, **(data or {})}},
+        "trainer": {
+            "max_epochs": epochs, "accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False,
+            "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                           "init_args": {"filename": "last", "enable_version_counter": False, **(checkpoint or {})}}],
+            **trainer,
+        },
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
+from _helpers import tiny_fit_config
 from conftest import REPO
 
 TOLERANCE = 0.05
@@ -58,25 +58,7 @@ if cli.trainer.is_global_zero:
 
 
 def _config(tmp_path: Path) -> Path:
-    config = {
-        "seed_everything": 0,
-        "model": {
-            "model": {"class_path": "robust.models.CNNSmall", "init_args": {"num_classes": 10, "input_size": 8}},
-            "method": {"class_path": "robust.methods.PGD",
-                       "init_args": {"threat": {"norm": "linf", "eps": 0.2}, "steps": 2, "warmup": 1}},
-            "optimizer": "adam", "lr": 3.0e-3, "weight_decay": 0.0, "scheduler": "onecycle", "val_attack_steps": 2,
-        },
-        "data": {"class_path": "robust.data.Digits", "init_args": {"batch_size": 64}},
-        "trainer": {
-            "max_epochs": EPOCHS, "accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False,
-            "num_sanity_val_steps": 0,
-            "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                           "init_args": {"filename": "last", "enable_version_counter": False}}],
-        },
-    }
-    path = tmp_path / "ddp.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return tiny_fit_config(tmp_path / "ddp.yaml", epochs=EPOCHS, num_sanity_val_steps=0)
 
 
 def _run(command: list[str], cwd: Path) -> None:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
+from _helpers import tiny_fit_config
 from conftest import REPO
 
 STEPS_PER_EPOCH = 19  # ceil(1197 / 64)
@@ -64,26 +64,9 @@ torch.save({"state_dict": cli.model.state_dict(), "metrics": metrics, "global_st
 
 
 def _config(tmp_path: Path, resident: bool, scheduler: str) -> Path:
-    config = {
-        "seed_everything": 0,
-        "model": {
-            "model": {"class_path": "robust.models.CNNSmall", "init_args": {"num_classes": 10, "input_size": 8}},
-            "method": {"class_path": "robust.methods.PGD",
-                       "init_args": {"threat": {"norm": "linf", "eps": 0.2}, "steps": 2, "warmup": 1}},
-            "optimizer": "adam", "lr": 3.0e-3, "weight_decay": 0.0, "scheduler": scheduler, "val_attack_steps": 2,
-        },
-        "data": {"class_path": "robust.data.Digits", "init_args": {"batch_size": 64, "device_resident": resident}},
-        "trainer": {
-            "max_epochs": 2, "accelerator": "cpu", "logger": False, "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                           "init_args": {"filename": "last", "enable_version_counter": False,
-                                         "every_n_train_steps": CKPT_EVERY}}],
-        },
-    }
-    path = tmp_path / f"{'resident' if resident else 'loader'}-{scheduler}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return tiny_fit_config(tmp_path / f"{'resident' if resident else 'loader'}-{scheduler}.yaml", scheduler=scheduler,
+                           checkpoint={"every_n_train_steps": CKPT_EVERY}, data={"device_resident": resident},
+                           logger=False)
 
 
 def _fit(tmp_path: Path, config: Path, root: str, *extra: str, kill_at: int = 0) -> tuple[int, dict | None]:

@@ -136,17 +136,24 @@ def test_garbage_files_give_one_line(content, tmp_path, capsys):
     assert rc == 2 and err[-1].startswith("robust: error:") and "bad.ckpt" in err[-1], err
 
 
+def _foreign_class_checkpoint(checkpoint, tmp_path, class_path, instantiator):
+    """A copy of ``checkpoint`` whose model spec names ``class_path`` (with Lightning's
+    ``_instantiator``, which makes Lightning hand the hyperparameters to jsonargparse)."""
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["hyper_parameters"]["model"] = {"class_path": class_path, "init_args": {}}
+    if instantiator:
+        ckpt["hyper_parameters"]["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
+    path = tmp_path / "foreign-class.ckpt"
+    torch.save(ckpt, path)
+    return path
+
+
 @pytest.mark.parametrize("instantiator", [False, True], ids=["plain", "with-lightning-instantiator"])
 def test_checkpoint_class_path_outside_the_allowlist_is_refused_before_import(
         instantiator, checkpoint, tmp_path, evil_module, marker, capsys):
     """With ``_instantiator`` in its hyperparameters Lightning hands them to jsonargparse, which
     imports whatever ``class_path`` says: the check must come before Lightning sees the file."""
-    ckpt = torch.load(checkpoint, weights_only=True)
-    ckpt["hyper_parameters"]["model"] = {"class_path": evil_module, "init_args": {}}
-    if instantiator:
-        ckpt["hyper_parameters"]["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
-    path = tmp_path / "foreign-class.ckpt"
-    torch.save(ckpt, path)
+    path = _foreign_class_checkpoint(checkpoint, tmp_path, evil_module, instantiator)
     with pytest.raises(spec.SpecError, match="hyper_parameters.model: class_path .* outside the allowlist"):
         check_checkpoint(path)
     assert not_imported(marker)
@@ -159,12 +166,7 @@ def test_checkpoint_class_path_outside_the_allowlist_is_refused_before_import(
 @pytest.mark.parametrize("instantiator", [False, True], ids=["plain", "with-lightning-instantiator"])
 def test_load_from_checkpoint_refuses_a_foreign_class_path_before_import(instantiator, checkpoint, tmp_path,
                                                                          evil_module, marker):
-    ckpt = torch.load(checkpoint, weights_only=True)
-    ckpt["hyper_parameters"]["model"] = {"class_path": evil_module, "init_args": {}}
-    if instantiator:
-        ckpt["hyper_parameters"]["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
-    path = tmp_path / "foreign-class.ckpt"
-    torch.save(ckpt, path)
+    path = _foreign_class_checkpoint(checkpoint, tmp_path, evil_module, instantiator)
     with pytest.raises(ValueError, match="outside the allowlist"):
         RobustClassifier.load_from_checkpoint(path)
     assert not_imported(marker)
