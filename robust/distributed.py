@@ -150,14 +150,13 @@ def map_batches(
     a resume state there). ``skip`` must be the same on every rank.
     """
     rank, size = world()
-    skip = frozenset(skip)
+    skip, mine = frozenset(skip), frozenset(my_batches(n_batches, rank, size))
     results: dict[int, Any] = {}
     for first in range(0, n_batches, size):
         pending = [b for b in range(first, min(first + size, n_batches)) if b not in skip]
         if not pending:
             continue
-        mine = first + rank
-        new = gather_by_index({mine: compute(mine)} if mine in pending else {})
+        new = gather_by_index({b: compute(b) for b in pending if b in mine})
         results.update(new)
         if on_round is not None:
             on_round(new)

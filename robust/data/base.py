@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
-from robust.data.resident import ResidentLoader, epoch_batches
+from robust.data.resident import EpochPosition, ResidentLoader, epoch_batches
 
 SPLIT_SEED = 0
 """Seed of every train/val split: splits are fixed, independent of the ``seed`` argument."""
@@ -171,7 +171,7 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
 
 
-class EpochSampler(DistributedSampler):
+class EpochSampler(EpochPosition, DistributedSampler):
     """The training order of the plain ``DataLoader`` path: resumable mid-epoch and rank-aware.
 
     Yields this rank's examples of :func:`robust.data.resident.epoch_batches` (the order the
@@ -194,14 +194,6 @@ class EpochSampler(DistributedSampler):
         return epoch_batches(len(self.dataset), self.batch_size, self.seed, self.epoch, self.shuffle,
                              rank=self.rank, world_size=self.num_replicas)
 
-    def set_epoch(self, epoch: int) -> None:
-        if int(epoch) != self.epoch:
-            self.epoch, self.position = int(epoch), 0
-
-    def seek(self, epoch: int, position: int) -> None:
-        """Continue ``epoch`` after its first ``position`` batches (resuming mid-epoch)."""
-        self.epoch, self.position = int(epoch), int(position)
-
     def __iter__(self):
         batches = self._batches()[self.position:]
         self.position = 0  # the skip applies to one pass
@@ -209,15 +201,6 @@ class EpochSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return sum(len(b) for b in self._batches())
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if int(state.get("seed", self.seed)) != self.seed:
-            raise ValueError(f"the checkpoint's data order was drawn with seed {state['seed']}, this run's with "
-                             f"{self.seed}: resume with the same data seed")
-        self.seek(state["epoch"], state["position"])
 
 
 def _check_positive_int(value: object, name: str, allow_zero: bool = False) -> None:

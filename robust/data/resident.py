@@ -67,7 +67,35 @@ def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch
     return x
 
 
-class ResidentLoader:
+class EpochPosition:
+    """Where a resumable loader is: ``epoch`` and ``position`` (batches of it already handed out),
+    for the order drawn from ``seed``. Shared by :class:`ResidentLoader` and
+    :class:`robust.data.base.EpochSampler`; the class sets ``epoch``, ``position`` and ``seed``."""
+
+    epoch: int
+    position: int
+    seed: int
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` (Lightning calls this before each one); a no-op for the current epoch."""
+        if int(epoch) != self.epoch:
+            self.epoch, self.position = int(epoch), 0
+
+    def seek(self, epoch: int, position: int) -> None:
+        """Continue ``epoch`` after its first ``position`` batches (resuming mid-epoch)."""
+        self.epoch, self.position = int(epoch), int(position)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state.get("seed", self.seed)) != self.seed:
+            raise ValueError(f"the checkpoint's data order was drawn with seed {state['seed']}, this run's with "
+                             f"{self.seed}: resume with the same data seed")
+        self.seek(state["epoch"], state["position"])
+
+
+class ResidentLoader(EpochPosition):
     """Batches ``(x, y)`` of ``images``/``labels`` kept on ``device``: ``x`` float32 in [0, 1].
 
     Args:
@@ -104,14 +132,6 @@ class ResidentLoader:
         self.sampler = self  # Lightning calls ``loader.sampler.set_epoch(epoch)`` before each epoch
         self.batch_sampler = None
 
-    def set_epoch(self, epoch: int) -> None:
-        if int(epoch) != self.epoch:
-            self.epoch, self.position = int(epoch), 0
-
-    def seek(self, epoch: int, position: int) -> None:
-        """Continue ``epoch`` after its first ``position`` batches (resuming mid-epoch)."""
-        self.epoch, self.position = int(epoch), int(position)
-
     def _batches(self) -> list[torch.Tensor]:
         return epoch_batches(len(self.labels), self.batch_size, self.seed, self.epoch, self.shuffle, self.drop_last,
                              self.rank, self.world_size)
@@ -139,12 +159,3 @@ class ResidentLoader:
             generator.manual_seed(_seed(self.seed, self.epoch, self.rank + batch * self.world_size))
             x = random_crop_flip(x, self.crop_padding, self.flip, generator)
         return x, self.labels[index]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if int(state.get("seed", self.seed)) != self.seed:
-            raise ValueError(f"the checkpoint's data order was drawn with seed {state['seed']}, this run's with "
-                             f"{self.seed}: resume with the same data seed")
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
