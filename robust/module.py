@@ -3,12 +3,12 @@
 The wrapped network (``.model``) maps images in [0, 1] to logits; the training
 objective comes from a ``robust.methods`` method. Each validation epoch logs clean
 accuracy and robust accuracy under our PGD (for checkpoint selection); the test
-loop measures robust accuracy with torchattacks' PGD, an attack independent of the
-one used in training.
+loop measures robust accuracy through :func:`robust.evaluation.evaluate` with the
+registry's ``pgd`` (torchattacks-based), an attack independent of the one used in training.
 
 Hyperparameters are stored as plain specs (``class_path`` + ``init_args``), so
 checkpoints load with ``weights_only=True``; specs are rebuilt only from the
-allowlist in :mod:`robust.spec`. A model that cannot be described as a spec (a
+allowlist in :mod:`robust.base.spec`. A model that cannot be described as a spec (a
 user's own module object) is handed back at load time:
 ``RobustClassifier.load_from_checkpoint(path, model=MyNet())``.
 """
@@ -26,19 +26,22 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import nn
 from typing_extensions import override
 
-from robust import spec as specs
-from robust.attacks.evaluation import build_attack, pgd_robust_correct
+from robust.attacks.independent import build_attack
 from robust.attacks.training import pgd
+from robust.base import distributed
+from robust.base import spec as specs
+from robust.base.errors import InputError
+from robust.base.runtime import to_channels_last
+from robust.base.safe_load import UnsafeFileError, check_checkpoint
+from robust.base.threat import Eps, ThreatModel
+from robust.evaluation import evaluate
 from robust.methods import Method, Standard
-from robust.runtime import to_channels_last
-from robust.safe_load import UnsafeFileError, check_checkpoint
-from robust.threat import Eps, ThreatModel
 
 Optimizer = Literal["sgd", "adam", "adamw"]
 Scheduler = Literal["none", "multistep", "cosine", "onecycle"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError, ValueError):
     """A checkpoint that is not ours, or that cannot be rebuilt safely."""
 
 
@@ -88,12 +91,13 @@ class RobustClassifier(pl.LightningModule):
             ``milestones``); ``cosine`` (per step to 0); ``onecycle`` (linear up to ``lr`` over the
             first ``pct_start`` of training, then linear down to 0: the cyclic schedule of Wong et al. 2020).
         val_attack_steps: steps of our PGD for validation robust accuracy (step ``2.5 eps / steps``).
-        val_eval_attack: a registry attack (``robust.attacks.evaluation.list_attacks()``, e.g.
+        val_eval_attack: a registry attack (``robust.attacks.independent.list_attacks()``, e.g.
             ``apgd-ce`` or ``autoattack``) also run at every validation on the first
             ``val_eval_examples`` validation examples (a fixed subset: validation loaders do not
             shuffle); logged as ``val/<attack>_acc``. ``val_eval_options`` override its settings.
-        test_attack_steps / test_attack_restarts / test_attack_step_size: torchattacks' PGD in
-            the test loop (step default ``eps / 10``).
+        test_attack_steps / test_attack_restarts / test_attack_step_size: the test loop's PGD (the
+            registry's ``pgd``, run through :func:`robust.evaluation.evaluate` on each test batch with
+            seed ``seed + 1000 * batch_idx``; step default ``eps / 10``).
         ema_decay: keep an exponential moving average of the weights (Lightning's
             ``EMAWeightAveraging``) with this decay; validation and checkpoints use the average.
         seed: seed of the test attack's random starts.
@@ -322,16 +326,29 @@ class RobustClassifier(pl.LightningModule):
                 with torch.no_grad():
                     robust = self.net(x_adv).argmax(1) == y
             else:
-                robust = pgd_robust_correct(
-                    self.model, x, y, self.eval_threat, steps=self.hparams.test_attack_steps,
-                    step_size=self.hparams.test_attack_step_size, restarts=self.hparams.test_attack_restarts,
-                    seed=self.hparams.seed + 1000 * batch_idx,
-                )
+                robust = self._test_attack(x, y, batch_idx)
             self.log(f"{stage}/robust_acc", (robust & clean).float().mean(), prog_bar=True, batch_size=len(y), sync_dist=True)
             if stage == "val" and self.hparams.get("val_eval_attack"):
-                self._registry_attack(x, y, logits.shape[1])
+                self._registry_attack(x, y)
 
-    def _registry_attack(self, x: torch.Tensor, y: torch.Tensor, n_classes: int) -> None:
+    def _measure(self, x: torch.Tensor, y: torch.Tensor, attack: str, options: dict[str, Any],
+                 seed: int) -> torch.Tensor:
+        """Per-example bool: still correct under the registry ``attack`` on the plain model, measured by
+        :func:`robust.evaluation.evaluate` with ``(x, y)`` as its one batch (so ``seed`` is the attack's
+        seed); under DDP each rank measures its own batch."""
+        with distributed.local():
+            report = evaluate(self.model, (x, y), self.eval_threat, attacks=(attack,), batch_size=len(y), seed=seed,
+                              audit=False, attack_options={attack: options}, progress=False)
+        return report.masks[attack].to(y.device)
+
+    def _test_attack(self, x: torch.Tensor, y: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """The test PGD on one test batch, seeded ``seed + 1000 * batch_idx``."""
+        hp = self.hparams
+        step = float(self.eval_threat.eps) / 10 if hp.test_attack_step_size is None else hp.test_attack_step_size
+        options = {"steps": hp.test_attack_steps, "step_size": step, "restarts": hp.test_attack_restarts}
+        return self._measure(x, y, "pgd", options, hp.seed + 1000 * batch_idx)
+
+    def _registry_attack(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Run the configured registry attack on the part of this batch inside the fixed validation subset."""
         if self.trainer.sanity_checking:
             return
@@ -340,8 +357,7 @@ class RobustClassifier(pl.LightningModule):
             return
         x, y = x[:left], y[:left]
         name = self.hparams.val_eval_attack
-        attack = build_attack(name, self.eval_threat, n_classes, **self.hparams.val_eval_options)
-        robust = attack.run(self.model, x, y, seed=self.hparams.seed + self._val_eval_seen).robust
+        robust = self._measure(x, y, name, self.hparams.val_eval_options, self.hparams.seed + self._val_eval_seen)
         self._val_eval_seen += len(y)
         self.log(f"val/{name}_acc", robust.float().mean(), batch_size=len(y), sync_dist=True)
 

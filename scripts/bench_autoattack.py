@@ -32,13 +32,13 @@ import torchattacks
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import robust  # noqa: E402
-from robust.attacks.evaluation import in_ball  # noqa: E402
+from robust.attacks.independent import in_ball  # noqa: E402
+from robust.base.stats import accuracy_record  # noqa: E402
+from robust.base.threat import ThreatModel  # noqa: E402
 from robust.data import Digits  # noqa: E402
 from robust.evaluation import evaluate  # noqa: E402
-from robust.evaluation.stats import accuracy_record  # noqa: E402
 from robust.methods import PGD  # noqa: E402
 from robust.models import CNNSmall  # noqa: E402
-from robust.threat import ThreatModel  # noqa: E402
 
 EPS = 0.1  # L-inf radius in pixel units (images in [0, 1])
 TRAIN_STEPS = 7  # PGD steps of adversarial training, step 2.5 * eps / steps

@@ -34,9 +34,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import robust  # noqa: E402
+from robust.base.runtime import autocast, fast_cuda  # noqa: E402
 from robust.certify.smoothing import Smooth  # noqa: E402
 from robust.models import CNNSmall, ResNet110  # noqa: E402
-from robust.runtime import autocast, fast_cuda  # noqa: E402
 
 MODELS = {
     "cnn_small": (lambda: CNNSmall(num_classes=10), (1, 28, 28)),

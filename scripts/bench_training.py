@@ -65,11 +65,11 @@ import torchattacks
 
 import robust
 from robust.attacks.training import pgd
+from robust.base.runtime import Autocast, autocast, to_channels_last
+from robust.base.threat import ThreatModel
 from robust.data import Digits, MNIST10k, default_mnist_t10k_root
 from robust.methods import FGSM, PGD, TRADES, Standard
 from robust.models import create
-from robust.runtime import Autocast, autocast, to_channels_last
-from robust.threat import ThreatModel
 
 EPS = 0.3  # L-inf radius, pixel units (images in [0, 1]); the MNIST standard
 NUM_CLASSES = 10

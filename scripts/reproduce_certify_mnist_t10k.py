@@ -6,12 +6,15 @@ last 2,000 held out). Published MNIST certificates were trained on all 60,000 tr
 numbers here say "mnist-t10k split".
 
 1. IBP: trains ``recipes/mnist/ibp_cnnsmall_t10k_cpu.yaml`` (small CNN, eps 0.1, eps_train 0.2)
-   and verifies the held-out 2,000 images at L-inf eps 0.1 with IBP and with CROWN intersected
-   with IBP, PGD-50 falsifying what they cannot prove.
+   and verifies the held-out 2,000 images under the checkpoint's threat (the recipe's: L-inf eps
+   0.1) with IBP and with CROWN intersected with IBP, PGD-50 falsifying what they cannot prove.
 2. Randomized smoothing: trains ``recipes/mnist/noise_cnnsmall_t10k_cpu_sigma025.yaml`` and
    ``..._sigma05.yaml`` and certifies the first ``--smoothing-examples`` (500) held-out images with
-   n0 = 100, n = 10,000, alpha = 0.001, reporting certified accuracy at L2 radius 0.5 (sigma
-   0.25) and 1.0 (sigma 0.5) and the time per example.
+   the checkpoint's sigma, n0 = 100, n = 10,000, alpha = 0.001, reporting certified accuracy at L2
+   radius 0.5 (sigma 0.25) and 1.0 (sigma 0.5) and the time per example.
+
+The eps and sigma are read from each checkpoint (its method's threat or noise), never written
+here: a ``--ckpt`` trained with other settings is certified at its own.
 
 Each part writes a full ``robust certify`` report (report.json, report.md, TSV, plot) under
 ``--out``; a summary is printed and written to ``<out>/summary.json``.
@@ -34,10 +37,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from robust.certify.report import smoothing_report, verification_report, write_certification  # noqa: E402
-from robust.cli import _lightning_cli  # noqa: E402
+from robust.certify.report import smoothing_report, verification_report  # noqa: E402
+from robust.cli.lightning import build_cli  # noqa: E402
 from robust.data import default_mnist_t10k_root  # noqa: E402
 from robust.module import RobustClassifier  # noqa: E402
+from robust.reports.certification import write_certification  # noqa: E402
 
 RECIPES = {
     "ibp": REPO / "recipes/mnist/ibp_cnnsmall_t10k_cpu.yaml",
@@ -54,7 +58,7 @@ def fit(recipe: Path, root: str, out: Path, accelerator: str, max_epochs: int | 
     args += ["--trainer.logger.init_args.save_dir", str(out)] if logger else ["--trainer.logger", "false"]
     if max_epochs:
         args += ["--trainer.max_epochs", str(max_epochs)]
-    cli = _lightning_cli(args, run=False)
+    cli = build_cli(args, run=False)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     seconds = time.perf_counter() - start
@@ -100,11 +104,15 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             ckpt, seconds, dm = fit(RECIPES[name], str(root), out / name, accelerator, args.max_epochs,
                                   logger=not args.no_logger)
-        model = RobustClassifier.load_from_checkpoint(ckpt, map_location="cpu").model.to(device).eval()
+        module = RobustClassifier.load_from_checkpoint(ckpt, map_location="cpu")
+        model = module.model.to(device).eval()
         dm.setup("test")
         x, y = dm.test_tensors()
         if name == "ibp":
-            report = verification_report(model, (x, y), [0.1], method="crown", attack="pgd", batch_size=250,
+            threat = module.eval_threat
+            if threat is None or threat.norm != "linf":
+                raise SystemExit(f"{ckpt}: verification needs an L-inf threat in the checkpoint, got {threat}")
+            report = verification_report(model, (x, y), [threat.eps], method="crown", attack="pgd", batch_size=250,
                                          checkpoint=ckpt)
             entry = {"clean": report["clean"], "verified_crown_and_ibp": report["certified"],
                      "verified_ibp_alone": report["verified_by"]["ibp"],
@@ -112,7 +120,9 @@ def main(argv: list[str] | None = None) -> dict:
                      "pgd50_robust": report["robust"], "status_counts": report["status_counts"],
                      "certify_seconds": round(report["seconds"], 1)}
         else:
-            sigma = 0.25 if name == "sigma0.25" else 0.5
+            sigma = getattr(module.method, "sigma", None)
+            if sigma is None:
+                raise SystemExit(f"{ckpt}: smoothing needs a model trained with GaussianNoise (its sigma)")
             report = smoothing_report(model, (x, y), sigma, n0=100, n=args.n, alpha=0.001,
                                       batch_size=10_000 if device.type == "cuda" else 1000,
                                       radii=(0.0, 0.25, 0.5, 0.75, 1.0, 1.5), n_examples=args.smoothing_examples,

@@ -168,8 +168,8 @@ def assert_audit_matches_reports(out: Any, name: str | None = None) -> dict:
     reports beside it (IBP/CROWN certification); returns the evaluation report."""
     import json
 
-    from robust.evaluation.render import fmt_accuracy
     from robust.leaderboard import from_report
+    from robust.reports.format import fmt_accuracy
 
     audit = json.loads((out / "audit.json").read_text())
     evaluation = json.loads((out / "evaluation/report.json").read_text())

@@ -1,22 +1,86 @@
-"""Training attacks (ours: pgd, fgsm_rs) and the torchattacks-based evaluation attack, on a model
-trained for real: CNNSmall on 8x8 digits, 15 epochs of Adam (about 1 s on one core), 94.3% clean
-test accuracy when this file was written.
+"""Training attacks (ours: pgd, fgsm_rs) and the torchattacks-based evaluation attacks: a contract
+every registered attack keeps, and the training attacks on a model trained for real (CNNSmall on
+8x8 digits, 15 epochs of Adam, about 1 s on one core, 94.3% clean test accuracy when this file
+was written).
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import accuracy, digits, one_thread, tiny_cnn, train  # noqa: F401  (one_thread: autouse)
+from torch import nn
 
 from robust.attacks import fgsm_rs, pgd
-from robust.attacks.evaluation import pgd_robust_correct
-from robust.threat import ThreatModel
-
-from _helpers import accuracy, digits, one_thread, tiny_cnn, train  # noqa: F401  (one_thread: autouse)
+from robust.attacks.independent import build_attack, pgd_robust_correct
+from robust.attacks.registry import attack_defaults, list_attacks
+from robust.base.threat import ThreatModel
 
 LINF = ThreatModel("linf", 0.1)
 L2 = ThreatModel("l2", 0.5)
+
+
+# --- the contract of every registered evaluation attack ------------------------------------------
+FAST = {"steps": 3, "queries": 30, "eot_iter": 2}  # where an attack takes them: seconds, not minutes
+L2_ONLY = {"cw-l2", "deepfool"}
+CONTRACT_CASES = [(name, norm) for name in list_attacks() for norm in ("linf", "l2")
+                  if norm == "l2" or name not in L2_ONLY]
+
+
+@pytest.mark.parametrize(("name", "norm"), CONTRACT_CASES, ids=[f"{n}-{m}" for n, m in CONTRACT_CASES])
+def test_registered_attack_contract(name, norm):
+    """On a linear model and 12 random images (2 of them labelled wrong): the points lie in [0, 1] and the
+    ball, robust implies clean-correct, broken implies misclassified, the settings carry the threat and
+    every option, the caller's random stream and the model's mode are untouched, unknown options are named."""
+    threat = ThreatModel(norm, 0.01 if norm == "linf" else 0.15)  # radii that break some examples, not all
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)).train()
+    x = torch.rand(12, 3, 8, 8, generator=gen)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[:2] = (y[:2] + 1) % 10
+    clean_ok = torch.arange(12) >= 2
+    options = {k: v for k, v in FAST.items() if k in attack_defaults(name)}
+    torch.manual_seed(1234)
+    rng = torch.get_rng_state()
+
+    attack = build_attack(name, threat, 10, **options)
+    out = attack.run(model, x, y, seed=3)
+
+    assert torch.equal(torch.get_rng_state(), rng), f"{name} moved the caller's random stream"
+    assert model.training, f"{name} did not restore train mode"
+    assert out.x_adv.shape == x.shape and out.robust.dtype == torch.bool
+    assert float(out.x_adv.min()) >= 0.0 and float(out.x_adv.max()) <= 1.0
+    delta = (out.x_adv.double() - x.double()).flatten(1)
+    size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+    assert float(size.max()) <= float(threat.eps) * (1 + 1e-5) + 1e-6
+    assert not (out.robust & ~clean_ok).any()
+    broken = clean_ok & ~out.robust
+    assert (out.adv_pred[broken] != y[broken]).all()
+    assert (attack.settings["norm"], attack.settings["eps"]) == (norm, float(threat.eps))
+    assert set(attack_defaults(name)) <= set(attack.settings)
+    assert all(attack.settings[k] == v for k, v in options.items())
+    with pytest.raises(ValueError, match="bogus_option"):
+        build_attack(name, threat, 10, bogus_option=1)
+
+
+@pytest.mark.parametrize("name", sorted(L2_ONLY))
+def test_l2_only_attacks_are_registered_as_such(name):
+    with pytest.raises(ValueError, match="refused under the linf"):
+        build_attack(name, ThreatModel("linf", 0.1), 10)
+
+
+def test_registry_names_import_without_torch():
+    """The command line lists the attacks in its help without loading torch."""
+    code = ("import sys, robust.attacks.registry as r; names = r.list_attacks(); r.attack_defaults('pgd'); "
+            "assert 'torch' not in sys.modules, 'torch imported'; print(','.join(names))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().split(",") == list_attacks()
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from _helpers import assert_audit_matches_reports, fit_checkpoint
 
+from robust.base.threat import ThreatModel
 from robust.cli import main
 from robust.leaderboard import Store
 from robust.methods import PGD, GaussianNoise
-from robust.threat import ThreatModel
-
-from _helpers import assert_audit_matches_reports, fit_checkpoint
 
 FAST = ["--data", "digits", "--n-examples", "40", "--attacks", "apgd-ce", "--attack-options",
         '{"apgd-ce": {"steps": 10}}', "--no-progress"]

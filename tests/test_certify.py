@@ -10,18 +10,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import digits as digits_split
+from _helpers import (
+    fit_checkpoint,
+    one_thread,  # noqa: F401  (autouse)
+)
 
 import robust.certify.verify as verify_module
+from robust.base.stats import accuracy_record
 from robust.certify.report import smoothing_report, verification_report
 from robust.certify.verify import consistency, smoothing_tolerance, verify
 from robust.cli import main
-from robust.evaluation.stats import accuracy_record
 from robust.methods import IBP, GaussianNoise, Standard
 from robust.module import RobustClassifier
-
-from _helpers import digits as digits_split
-from _helpers import fit_checkpoint
-from _helpers import one_thread  # noqa: F401  (autouse)
 
 MODEL_ARGS = '{"in_channels": 1, "input_size": 8}'
 

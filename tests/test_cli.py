@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from robust.cli import _lightning_cli, main
-from robust.module import RobustClassifier
-
 from conftest import RECIPES
+
+from robust.cli import main
+from robust.cli.lightning import build_cli
+from robust.module import RobustClassifier
 
 ALL_RECIPES = sorted(RECIPES.rglob("*.yaml"))
 
@@ -58,7 +58,7 @@ def test_every_recipe_builds_and_names_its_source(recipe, tmp_path, monkeypatch)
     if "root" in data_args and "mnist-t10k" in str(data_args["root"]):
         args += ["--data.init_args.root", str(RECIPES.parent.parent / "shared/data/mnist-t10k")]
     try:
-        cli = _lightning_cli(args, run=False)
+        cli = build_cli(args, run=False)
     except FileNotFoundError as exc:  # mnist-t10k recipe where ../shared is absent
         pytest.skip(str(exc))
     assert isinstance(cli.model, RobustClassifier)
@@ -163,10 +163,10 @@ def test_torchvision_model_from_a_recipe_is_stored_as_a_spec(tmp_path, monkeypat
     }
     path = tmp_path / "tv.yaml"
     path.write_text(yaml.safe_dump(config))
-    cli = _lightning_cli(["--config", str(path), "--trainer.logger", "false"], run=False)
+    cli = build_cli(["--config", str(path), "--trainer.logger", "false"], run=False)
     spec = cli.model.hparams["model"]
     assert spec["class_path"] == "torchvision.models.resnet18" and spec["init_args"]["num_classes"] == 10
-    from robust.spec import build
+    from robust.base.spec import build
 
     assert type(build(spec)).__name__ == "ResNet"
 

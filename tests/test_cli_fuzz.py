@@ -17,17 +17,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from _helpers import fit_checkpoint
+from conftest import RECIPES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from robust.base.threat import ThreatModel
 from robust.cli import main
 from robust.leaderboard.entry import from_report
 from robust.leaderboard.store import Store
 from robust.methods import PGD
-from robust.threat import ThreatModel
-
-from _helpers import fit_checkpoint
-from conftest import RECIPES
 
 FUZZ = settings(max_examples=30, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -223,7 +222,7 @@ def _recipe() -> dict:
 
 def _mutations():
     wrong_class = st.sampled_from(["os.system", "robust.nope.Missing", "robust.models", "not a path",
-                                   "subprocess.Popen", "robust.evaluation.render.write_json", "torch.load"])
+                                   "subprocess.Popen", "robust.reports.files.write_json", "torch.load"])
     wrong_value = st.sampled_from([-1, 0, float("nan"), float("inf"), "abc", "8/0", [], {"a": 1}, None, True])
     edits = [
         wrong_class.map(lambda c: ("model.model.class_path", c)),

@@ -20,17 +20,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import digits, one_thread, tiny_cnn, train  # noqa: F401  (one_thread: autouse)
 from torch.utils.data import DataLoader, TensorDataset
 
-from robust.evaluation import _corruptions_reference as ref
-from robust.evaluation.corruptions import (
-    CORRUPTIONS,
-    corrupt,
-    corrupt_with,
-    evaluate_corruptions,
-)
-
-from _helpers import digits, one_thread, tiny_cnn, train  # noqa: F401  (one_thread: autouse)
+from robust.evaluation import corruptions_reference as ref
+from robust.evaluation.corruptions import CORRUPTIONS, corrupt, corrupt_with, evaluate_corruptions
 
 GOLDEN = Path(__file__).parent / "data" / "corruptions_golden.json"
 RANDOM = {"gaussian_noise", "shot_noise", "impulse_noise", "glass_blur", "motion_blur", "snow", "frost",
@@ -141,8 +135,8 @@ def test_batch_shares_one_stream_in_image_order(image_sets):
     (dict(severity=6), "severity must be an integer in 1..5, got 6"),
     (dict(severity=2.0), "severity must be an integer in 1..5, got 2.0"),
     (dict(severity=True), "severity must be an integer in 1..5, got True"),
-    (dict(x=-0.1), r"must lie in \[0, 1\], got values in \[-0.1"),
-    (dict(x=1.5), r"must lie in \[0, 1\], got values in \[0.5, 1.5\]"),
+    (dict(x=-0.1), r"must lie in \[0, 1\].*got values in \[-0.1"),
+    (dict(x=1.5), r"must lie in \[0, 1\].*got values in \[0.5, 1.5\]"),
     (dict(x=float("nan")), r"must lie in \[0, 1\]"),
     (dict(shape=(3, 32, 32)), r"must be \(N, C, H, W\), got 3 dimensions"),
     (dict(shape=(2, 2, 32, 32)), "must have 1 or 3 channels, got 2"),

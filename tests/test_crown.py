@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import ball_points, box_pgd, digits, logits_of, one_thread, randomise_bn, tiny_cnn, tol, train  # noqa: F401  (one_thread: autouse)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -19,10 +20,6 @@ from robust.certify.crown import crown_bounds, crown_margins
 from robust.certify.ibp import UnsupportedLayerError, certified, elided_bounds, interval_bounds
 from robust.methods import PGD
 from robust.models import CNNSmall, Normalize
-
-from _helpers import (  # noqa: F401  (one_thread: autouse)
-    ball_points, box_pgd, digits, logits_of, one_thread, randomise_bn, tiny_cnn, tol, train,
-)
 
 SETTINGS = settings(max_examples=10, deadline=None, derandomize=True)
 

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _helpers import tiny_fit_config
 from conftest import REPO
 
@@ -37,7 +36,7 @@ import torch
 
 torch.set_num_threads(1)
 
-from robust.cli import _lightning_cli
+from robust.cli.lightning import build_cli
 from robust.module import RobustClassifier
 
 _log = RobustClassifier.log
@@ -50,7 +49,7 @@ def _log_also_unreduced(self, name, value, *args, **kwargs):
 RobustClassifier.log = _log_also_unreduced
 
 out = sys.argv[1]
-cli = _lightning_cli(sys.argv[2:])
+cli = build_cli(sys.argv[2:])
 if cli.trainer.is_global_zero:
     torch.save({"state_dict": cli.model.state_dict(), "global_step": cli.trainer.global_step,
                 "metrics": {k: float(v) for k, v in cli.trainer.callback_metrics.items()}}, out)

@@ -13,14 +13,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import (
+    fit_checkpoint,
+    one_thread,  # noqa: F401  (autouse)
+)
 
-from robust import distributed
+from robust.base import distributed
+from robust.base.state import read_journal
+from robust.base.threat import ThreatModel
 from robust.cli import main
 from robust.methods import Standard
-from robust.threat import ThreatModel
-
-from _helpers import fit_checkpoint
-from _helpers import one_thread  # noqa: F401  (autouse)
 
 N, BATCH = 37, 8
 VOLATILE = {"seconds", "time", "timestamp", "seconds_per_example"}  # timings and the clock
@@ -115,8 +117,8 @@ def test_evaluate_state_of_one_process_resumes_under_two(checkpoint, tmp_path, c
         evaluate(model, dm.test_tensors(), ThreatModel("linf", "0.1"), ["pgd"], n_examples=N, batch_size=BATCH, audit=False,
                  attack_options={"pgd": {"steps": 5}}, state_path=resumed / "evaluate_state.pt", progress=False,
                  on_batch=stop_after_two)
-    state = torch.load(resumed / "evaluate_state.pt", weights_only=True)
-    assert sorted(state["batches"]) == [0, 1]
+    _, rounds = read_journal(resumed / "evaluate_state.pt")
+    assert sorted(rounds) == [0, 1]
     proc = _torchrun([*argv, "--out", str(resumed)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming from" in proc.stderr and not (resumed / "evaluate_state.pt").exists()

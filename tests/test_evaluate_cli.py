@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import fit_checkpoint
 
+from robust.base.threat import ThreatModel
 from robust.cli import main
 from robust.methods import PGD
-from robust.threat import ThreatModel
-
-from _helpers import fit_checkpoint
 
 FAST = ["--attacks", "pgd,fgsm", "--attack-options", '{"pgd": {"steps": 5}}', "--n-examples", "60",
         "--no-progress"]
@@ -104,7 +103,9 @@ def test_state_from_another_run_is_kept_until_fresh(checkpoint, tmp_path, capsys
     out = tmp_path / "eval"
     out.mkdir()
     stale = out / "evaluate_state.pt"
-    torch.save({"format": 1, "key": "another evaluation", "batches": {}}, stale)
+    from robust.base.state import Journal
+
+    Journal(stale, "evaluation", "another evaluation").load()  # the state file another evaluation leaves
     args = ["evaluate", "--checkpoint", str(checkpoint), "--data", "digits", *FAST, "--no-audit", "--out", str(out)]
     assert main(args) == 2
     assert "different evaluation" in capsys.readouterr().err and stale.exists()

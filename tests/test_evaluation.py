@@ -11,20 +11,12 @@ import json
 import pytest
 import torch
 import torchattacks
+from _helpers import accuracy, digits, one_thread, tiny_cnn, train  # noqa: F401  (one_thread: autouse)
 from torch import nn
 
-from robust.attacks.evaluation import (
-    ATTACK_DEFAULTS,
-    AttackOutcome,
-    EvalAttack,
-    build_attack,
-    in_ball,
-    list_attacks,
-)
-from robust.evaluation import EvaluationStateError, RobustnessReport, evaluate
-from robust.threat import ThreatModel
-
-from _helpers import accuracy, digits, one_thread, tiny_cnn, train  # noqa: F401  (one_thread: autouse)
+from robust.attacks.independent import ATTACK_DEFAULTS, AttackOutcome, EvalAttack, build_attack, in_ball, list_attacks
+from robust.base.threat import ThreatModel
+from robust.evaluation import RobustnessReport, StateError, evaluate
 
 LINF = ThreatModel("linf", 0.1)
 L2 = ThreatModel("l2", 0.5)
@@ -296,10 +288,10 @@ def test_state_of_another_evaluation_is_refused(model, data, tmp_path):
     state = tmp_path / "state.pt"
     kw = dict(attacks=("fgsm",), batch_size=100, audit=False, n_examples=100, state_path=state, **QUIET)
     evaluate(model, data, LINF, **kw)
-    with pytest.raises(EvaluationStateError, match="different evaluation"):
+    with pytest.raises(StateError, match="different evaluation"):
         evaluate(model, data, ThreatModel("linf", 0.2), **kw)
     state.write_bytes(b"not a state")
-    with pytest.raises(EvaluationStateError, match="not a robust evaluation state"):
+    with pytest.raises(StateError, match="not a robust evaluation state"):
         evaluate(model, data, LINF, **kw)
 
 
@@ -338,7 +330,7 @@ def test_report_json_round_trips(aa_report):
     (lambda x: x, lambda y: y[:, None], "labels must be a 1-D integer tensor"),
     (lambda x: x, lambda y: y.float(), "labels must be a 1-D integer tensor"),
     (lambda x: x, lambda y: y[:-1], "300 images but 299 labels"),
-    (lambda x: x[:, 0], lambda y: y, "shape \\(N, C, H, W\\)"),
+    (lambda x: x[:, 0], lambda y: y, "\\(N, C, H, W\\), got 3 dimensions"),
     (lambda x: x, lambda y: y + 10, "labels must lie in \\[0, 9\\]"),
 ])
 def test_bad_inputs_are_named(model, data, x_fn, y_fn, match):

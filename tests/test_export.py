@@ -6,15 +6,14 @@ import json
 
 import pytest
 import torch
-
-from robust.cli import main
-from robust.export import export_model, load_exported, verify_export
-from robust.methods import PGD
-from robust.models import create
-from robust.threat import ThreatModel
-
 from _helpers import digits as digits_split
 from _helpers import fit_checkpoint
+
+from robust.base.threat import ThreatModel
+from robust.cli import main
+from robust.deploy.export import export_model, load_exported, verify_export
+from robust.methods import PGD
+from robust.models import create
 
 
 @pytest.fixture(scope="module")

@@ -8,20 +8,17 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import ball_points, box_pgd, digits, logits_of, one_thread, randomise_bn, tiny_cnn, tol, train  # noqa: F401  (one_thread: autouse)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from robust.base.spec import build, to_spec
 from robust.certify.ibp import UnsupportedLayerError, elided_bounds, interval_bounds, verified_accuracy
 from robust.methods.base import Method
-from robust.methods.ibp import IBP
+from robust.methods.certified import IBP
 from robust.models import CNNSmall, Normalize, PreActResNet18
 from robust.models.preact_resnet import PreActBlock
-from robust.spec import build, to_spec
-
-from _helpers import (  # noqa: F401  (one_thread: autouse)
-    ball_points, box_pgd, digits, logits_of, one_thread, randomise_bn, tiny_cnn, tol, train,
-)
 
 SETTINGS = settings(max_examples=12, deadline=None, derandomize=True)
 

@@ -11,15 +11,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from _helpers import fit_checkpoint
 
+from robust.base.threat import ThreatModel
 from robust.cli import main
 from robust.leaderboard import EntryError, Store, StoreError, boards, from_report, from_robustbench, to_robustbench
-from robust.leaderboard.export import read_json, render, write
+from robust.leaderboard.formats import read_json, render, write
 from robust.leaderboard.store import META
 from robust.methods import PGD
-from robust.threat import ThreatModel
-
-from _helpers import fit_checkpoint
 
 # A RobustBench model_info record as published (cifar10/Linf/Gowal2020Uncovering_28_10_extra.json)
 GOWAL = {

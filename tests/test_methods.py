@@ -12,16 +12,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import accuracy, digits, one_thread, tiny_cnn, train  # noqa: F401  (one_thread: autouse)
 from torch import nn
 
 import robust.attacks.training as training_attacks
 import robust.methods.adversarial as adversarial
-from robust.attacks.evaluation import pgd_robust_correct
+from robust.attacks.independent import pgd_robust_correct
+from robust.base.spec import build, to_spec
+from robust.base.threat import ThreatModel
 from robust.methods import FGSM, MART, PGD, TRADES, Method, Standard
-from robust.spec import build, to_spec
-from robust.threat import ThreatModel
-
-from _helpers import accuracy, digits, one_thread, tiny_cnn, train  # noqa: F401  (one_thread: autouse)
 
 EPS = 0.1
 THREAT = {"norm": "linf", "eps": EPS}

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robust.base.spec import build, to_spec
 from robust.models import CifarResNet, Normalize, PreActResNet18, WideResNet, create, list_models
 from robust.models.registry import _REGISTRY
-from robust.spec import build, to_spec
 
 TORCHVISION = {
     "torchvision:resnet18": {"input_size": 32},

@@ -64,7 +64,7 @@ def test_checkpoint_is_plain_data_and_round_trips(fitted, digits):
     assert hp["model"] == {"class_path": "robust.models.CNNSmall",
                            "init_args": {"num_classes": 10, "in_channels": 1, "input_size": 8, "mean": None, "std": None}}
     assert hp["method"]["class_path"] == "robust.methods.PGD"
-    assert hp["method"]["init_args"]["threat"] == {"class_path": "robust.threat.ThreatModel", "init_args": {"norm": "linf", "eps": 0.2}} \
+    assert hp["method"]["init_args"]["threat"] == {"class_path": "robust.base.threat.ThreatModel", "init_args": {"norm": "linf", "eps": 0.2}} \
         or hp["method"]["init_args"]["threat"] == EPS
     loaded = RobustClassifier.load_from_checkpoint(path)
     x, _ = digits.test_tensors()
@@ -246,7 +246,7 @@ def test_validation_runs_a_registry_attack_on_a_fixed_subset(fitted, digits):
         model.hparams.val_eval_attack = None
     assert first["val/apgd-ce_acc"] == second["val/apgd-ce_acc"]  # fixed subset, seeded attack
     x, y = digits.val_tensors()
-    from robust.attacks.evaluation import build_attack
+    from robust.attacks.independent import build_attack
 
     direct = build_attack("apgd-ce", model.eval_threat, 10, steps=5).run(model.model.eval(), x[:40], y[:40], seed=0)
     assert first["val/apgd-ce_acc"] == pytest.approx(float(direct.robust.float().mean()))
@@ -287,3 +287,53 @@ def test_non_finite_gradient_stops_with_its_step_and_writes_no_checkpoint(digits
     with pytest.raises(FloatingPointError, match=r"non-finite training gradient at step 3: lower the learning rate"):
         _trainer(tmp_path, 1, callbacks=[ckpt]).fit(module, datamodule=digits)
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_test_loop_measures_through_evaluate_with_the_old_numbers(fitted, digits):
+    # The test step runs robust.evaluation.evaluate on each batch; it must give, example for example,
+    # what the test loop measured before (the registry's PGD run on the batch with step eps/10 and
+    # seed `seed + 1000 * batch_idx`), and the logged metric is their mean over the test split.
+    from robust.attacks.independent import build_attack
+
+    trained, _, _ = fitted
+    module = _tiny(test_attack_restarts=2, seed=3)
+    module.load_state_dict(trained.state_dict())
+    module.eval()
+    x, y = digits.test_tensors()
+    before, kept = 0, 0
+    for b, (bx, by) in enumerate(zip(x.split(64), y.split(64))):
+        old = build_attack("pgd", module.eval_threat, 2, steps=10, step_size=0.2 / 10, restarts=2).run(
+            module.model, bx, by, seed=3 + 1000 * b).robust
+        assert torch.equal(module._test_attack(bx, by, b), old)
+        before, kept = before + len(by), kept + int(old.sum())
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    (metrics,) = trainer.test(module, datamodule=digits, verbose=False)
+    assert before == len(y) and metrics["test/robust_acc"] == pytest.approx(kept / len(y), abs=1e-6)
+
+
+def test_each_ddp_rank_measures_its_own_test_batch(fitted, digits, monkeypatch):
+    # Under DDP a process group is up, and evaluate() alone would share its batches across ranks:
+    # rank 1 would compute nothing and receive rank 0's results. The test step measures inside
+    # distributed.local(): here, as "rank 1 of 2", no collective runs and the batch is its own.
+    import torch.distributed as dist
+
+    from robust.base import distributed
+
+    module, _, _ = fitted
+    x, y = digits.test_tensors()
+    x, y = x[64:96], y[64:96]
+    alone = module._test_attack(x, y, 1)
+
+    def collective(*args, **kwargs):
+        raise AssertionError("the test step ran a collective")
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda *a: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda *a: 2)
+    for name in ("all_gather_object", "broadcast_object_list", "all_gather", "barrier"):
+        monkeypatch.setattr(dist, name, collective)
+    assert distributed.world() == (1, 2)
+    assert torch.equal(module._test_attack(x, y, 1), alone)
+    with distributed.local():
+        assert distributed.world() == (0, 1)
+    assert distributed.world() == (1, 2)

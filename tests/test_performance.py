@@ -11,14 +11,14 @@ import torchattacks
 from torch import nn
 
 from robust.attacks.training import pgd
+from robust.base.runtime import Autocast, autocast, check_precision, fold_batchnorm, to_channels_last
+from robust.base.threat import ThreatModel
 from robust.certify.smoothing import Smooth
 from robust.data import Digits
 from robust.data.resident import ResidentLoader, random_crop_flip
 from robust.methods import PGD
 from robust.models import create
 from robust.module import RobustClassifier
-from robust.runtime import Autocast, autocast, check_precision, fold_batchnorm, to_channels_last
-from robust.threat import ThreatModel
 from tests._helpers import digits, one_thread, randomise_bn, tiny_cnn, train  # noqa: F401
 
 THREAT = ThreatModel("linf", 0.2)

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from robust.evaluation import render
-from robust.evaluation.render import (
-    fmt_accuracy, log_to_wandb, plot_corruptions, plot_eps_sweep, plot_examples, plot_per_class,
-    render_markdown, threat_label, write_report,
-)
-from robust.evaluation.stats import accuracy_record as acc
+import robust.reports.evaluation as evaluation_report
+from robust.base.stats import accuracy_record as acc
+from robust.base.threat import ThreatModel
+from robust.reports.evaluation import (
+    log_to_wandb, plot_corruptions, plot_eps_sweep, plot_examples, plot_per_class, render_markdown, write_report)
+from robust.reports.format import fmt_accuracy, interval, norm_label, percent, threat_label
 from robust.tracking import read_wandb_run
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -69,7 +69,7 @@ def make_report(n_classes: int = 10, *, sweep: bool = True, corruptions: bool = 
         "physical": {"patch": {"threat": {"kind": "patch", "size": 0.1}, "robust": acc(150, 300),
                                "per_class": {str(i): {"n": 30, "robust": acc(10 + i % 20, 30)} for i in range(n_classes)}},
                      "spatial": None} if physical else None,
-        "protocol": {"threat": {"kind": "linf", "eps": 8 / 255}, "attacks": {"pgd": {}}, "n_examples": 300,
+        "protocol": {"threat": ThreatModel("linf", "8/255").to_dict(), "attacks": {"pgd": {}}, "n_examples": 300,
                      "seed": 1234, "batch_size": 128, "device": "cpu",
                      "versions": {"torch": "2.4.0", "torchattacks": "3.5.1", "robust": "0.1.0"},
                      "checkpoint": {"path": "runs/best.ckpt", "sha256": "ab" * 32}},
@@ -114,6 +114,31 @@ def test_accuracy_format_and_threat_labels():
     assert threat_label({"kind": "l2", "norm": "l2", "eps": 0.5, "eps_str": None}) == "L2 ε = 0.5"
     assert threat_label({"kind": "patch", "norm": None, "eps": None, "size": 0.1}) == "adversarial patch (size=0.1)"
     assert threat_label(None) == "unknown threat model"
+
+
+def test_one_percentage_formatter():
+    assert percent(0.6433) == "64.33%" and percent(None) == "—" and percent(1) == "100.00%"
+    assert percent(0.5, 1, unit="") == "50.0" and percent(None, missing="") == ""
+    assert interval([0.5861, 0.6977]) == "[58.61, 69.77]" and interval(None) == "" and interval([0.1, None]) == ""
+
+
+def test_every_threat_dict_reads_the_same():
+    """Reports write norm balls with ``ThreatModel.to_dict()``; patch, spatial and corruption threats carry
+    a ``kind`` and their settings but no ``norm``; a smoothing certificate's L2 ball has no single eps."""
+    threat = ThreatModel("linf", "8/255").to_dict()
+    assert threat == {"kind": "linf", "norm": "linf", "eps": 8 / 255, "eps_str": "8/255"}
+    assert threat_label(threat) == "L∞ ε = 8/255" and norm_label(threat) == "L∞ threat model"
+    assert threat_label(ThreatModel("l2", 0.5).to_dict()) == "L2 ε = 0.5"
+    assert json.loads(json.dumps(threat)) == threat
+    smoothing = {"kind": "l2", "norm": "l2"}
+    assert threat_label(smoothing) == "L2" and norm_label(smoothing) == "L2 threat model"
+    spatial = {"kind": "spatial", "max_rotation_deg": 30.0, "max_translation_px": 3.0}
+    assert threat_label(spatial) == "spatial transformation (max_rotation_deg=30, max_translation_px=3)"
+    assert norm_label(spatial) == threat_label(spatial)
+    corruptions = {"kind": "corruptions", "severities": [1, 2], "corruptions": CORRUPTIONS}
+    assert threat_label(corruptions) == "common corruptions"
+    patch = {"kind": "patch", "fraction": 0.1, "norm": "linf-unbounded"}
+    assert threat_label(patch) == "adversarial patch (fraction=0.1)"
 
 
 # ------------------------------------------------------------------------------------------- markdown
@@ -238,7 +263,7 @@ def test_failing_plot_leaves_existing_report_intact(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("plot failed")
 
-    monkeypatch.setattr(render, "plot_corruptions", boom)
+    monkeypatch.setattr(evaluation_report, "plot_corruptions", boom)
     changed = make_report(unreliable=True)
     with pytest.raises(RuntimeError, match="plot failed"):
         write_report(changed, tmp_path)

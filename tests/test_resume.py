@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _helpers import tiny_fit_config
 from conftest import REPO
 
@@ -38,7 +37,7 @@ import torch
 torch.set_num_threads(1)
 
 from robust.callbacks.resume import ResumeState
-from robust.cli import _lightning_cli
+from robust.cli.lightning import build_cli
 from robust.data.resident import ResidentLoader
 
 kill_at = int(os.environ.get("ROBUST_TEST_KILL_AT", "0"))
@@ -56,7 +55,7 @@ def _record(self, state):
 ResidentLoader.load_state_dict = _record
 
 out = sys.argv[1]
-cli = _lightning_cli(sys.argv[2:])
+cli = build_cli(sys.argv[2:])
 metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
 torch.save({"state_dict": cli.model.state_dict(), "metrics": metrics, "global_step": cli.trainer.global_step,
             "restored_loader_states": restored}, out)
@@ -156,7 +155,7 @@ import os, signal, sys
 
 import torch
 
-from robust.checkpoint_io import AtomicCheckpointIO
+from robust.callbacks.checkpoint_io import AtomicCheckpointIO
 
 path = sys.argv[1]
 io = AtomicCheckpointIO()
@@ -184,7 +183,7 @@ def test_kill_during_checkpoint_write_leaves_the_previous_file(tmp_path):
     previous = torch.load(path, weights_only=True)
     assert previous["step"] == 1 and torch.equal(previous["state_dict"]["w"], torch.zeros(1000))
 
-    from robust.checkpoint_io import AtomicCheckpointIO
+    from robust.callbacks.checkpoint_io import AtomicCheckpointIO
 
     AtomicCheckpointIO().save_checkpoint({"step": 3}, path)  # the next save clears the torn file
     assert torch.load(path, weights_only=True)["step"] == 3
@@ -200,10 +199,10 @@ def _umask() -> int:
 
 def test_robust_fit_writes_checkpoints_atomically_and_keeps_resume_state(tmp_path):
     from robust.callbacks import ResumeState
-    from robust.checkpoint_io import AtomicCheckpointIO
-    from robust.cli import _lightning_cli
+    from robust.callbacks.checkpoint_io import AtomicCheckpointIO
+    from robust.cli.lightning import build_cli
 
-    cli = _lightning_cli(["--config", str(_config(tmp_path, False, "onecycle"))], run=False)
+    cli = build_cli(["--config", str(_config(tmp_path, False, "onecycle"))], run=False)
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     assert sum(isinstance(cb, ResumeState) for cb in cli.trainer.callbacks) == 1
 
@@ -245,7 +244,7 @@ def test_ckpt_path_last_finds_the_newest_last_checkpoint_below_the_run_folder(tm
     # `--ckpt_path last` must look below the root folder, not in the new run's (empty) folder.
     import os
 
-    from robust.cli import newest_last_checkpoint
+    from robust.cli.lightning import newest_last_checkpoint
 
     assert newest_last_checkpoint(tmp_path) is None
     old = tmp_path / "robust" / "run1" / "checkpoints" / "last.ckpt"

@@ -14,16 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from _helpers import fit_checkpoint
+from conftest import RECIPES
 
-from robust import spec
+from robust.base import spec
+from robust.base.safe_load import UnsafeFileError, check_checkpoint, load_weights_only
+from robust.base.threat import ThreatModel
 from robust.cli import main
 from robust.methods import PGD
 from robust.module import RobustClassifier
-from robust.safe_load import UnsafeFileError, check_checkpoint, load_weights_only
-from robust.threat import ThreatModel
-
-from _helpers import fit_checkpoint
-from conftest import RECIPES
 
 EVIL_MODULE = "robust_test_evil_module"
 
@@ -185,7 +184,7 @@ def test_allowlisted_module_cannot_be_used_to_call_a_function(tmp_path):
     a spec naming a file-writing helper is refused and nothing is written."""
     target = tmp_path / "written.json"
     with pytest.raises(spec.SpecError, match="not a class"):
-        spec.build({"class_path": "robust.evaluation.render.write_json",
+        spec.build({"class_path": "robust.reports.files.write_json",
                     "init_args": {"obj": {"a": 1}, "path": str(target)}})
     assert not target.exists()
 

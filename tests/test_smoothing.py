@@ -13,20 +13,14 @@ import math
 
 import pytest
 import torch
+from _helpers import digits, one_thread, tiny_cnn, train  # noqa: F401  (one_thread: autouse)
 from scipy.stats import binom, binomtest, norm
 from torch import nn
 
-from robust.certify.smoothing import (
-    ABSTAIN,
-    Smooth,
-    certify_dataset,
-    lower_confidence_bound,
-    max_certifiable_radius,
-)
+from robust.base.spec import to_spec
+from robust.base.state import read_journal
+from robust.certify.smoothing import ABSTAIN, Smooth, certify_dataset, lower_confidence_bound, max_certifiable_radius
 from robust.methods.noise import GaussianNoise
-from robust.spec import to_spec
-
-from _helpers import digits, one_thread, tiny_cnn, train  # noqa: F401  (one_thread: autouse)
 
 FALSE_ALARM = 1e-4
 SIGMA = 0.25
@@ -224,9 +218,9 @@ def test_certify_dataset_metrics_and_resume(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         certify_dataset(Smooth(model, 2, SIGMA, seed=0), x, y, state_path=state, callback=stop, **args)
-    assert len(state.read_text().splitlines()) == 1 + 12
-    with open(state, "a") as handle:
-        handle.write('{"idx": 12, "lab')
+    assert sorted(read_journal(state)[1]) == list(range(12))  # one journal frame per finished example
+    with open(state, "ab") as handle:  # a kill in the middle of appending the next frame
+        handle.write((1000).to_bytes(8, "little") + b"only part of a frame")
     seen = []
     resumed = certify_dataset(Smooth(model, 2, SIGMA, seed=0), x, y, state_path=state,
                               callback=lambda row: seen.append(row["idx"]), **args)

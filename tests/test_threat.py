@@ -11,14 +11,13 @@ import math
 
 import pytest
 import torch
+from _helpers import one_thread  # noqa: F401  (autouse fixture)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonargparse import ArgumentParser
 from scipy import stats
 
-from robust.threat import Eps, ThreatModel, parse_eps, positive_eps
-
-from _helpers import one_thread  # noqa: F401  (autouse fixture)
+from robust.base.threat import Eps, ThreatModel, parse_eps, positive_eps
 
 # derandomize: the same 50 examples every run (CI reproducible); 1500 random examples per test passed locally.
 PROPERTY = settings(max_examples=50, deadline=None, database=None, derandomize=True)
@@ -259,7 +258,7 @@ def test_coerce():
     tm = ThreatModel("linf", "8/255")
     assert ThreatModel.coerce(tm) is tm
     assert ThreatModel.coerce({"norm": "linf", "eps": "8/255"}) == tm
-    assert ThreatModel.coerce({"class_path": "robust.threat.ThreatModel", "init_args": {"norm": "l2", "eps": 0.5}}) == ThreatModel("l2", 0.5)
+    assert ThreatModel.coerce({"class_path": "robust.base.threat.ThreatModel", "init_args": {"norm": "l2", "eps": 0.5}}) == ThreatModel("l2", 0.5)
     with pytest.raises(ValueError, match="unknown fields"):
         ThreatModel.coerce({"norm": "linf", "eps": 0.1, "steps": 10})
     with pytest.raises(ValueError, match="norm and eps"):

@@ -2,12 +2,12 @@
 
 import struct
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import lightning.pytorch as pl
 from robust.tracking import WandbLogger, read_wandb_records, read_wandb_run, wandb_logger, wandb_mode
 
 _CLEAR = ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL", "WANDB_CONFIG_DIR", "NETRC")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust.threat import ThreatModel
+from robust.base.threat import ThreatModel
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

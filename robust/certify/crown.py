@@ -44,33 +44,24 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from robust.certify.ibp import (
-    Interval, UnsupportedLayerError, _eps, _graph, _input_box, _where, batchnorm_affine, elided_bounds,
-)
+from robust.certify.graph import (
+    SHAPE_ATTRS, SHAPE_METHODS, Interval, UnsupportedLayerError, check_eval, describe_node, input_box, linf_radius,
+    traced_graph)
+from robust.certify.ibp import batchnorm_affine, elided_bounds
 from robust.models.normalize import Normalize
 
 CHUNK_BYTES = 256 * 2**20
 """Memory budget (bytes) for one chunk of backward-propagated coefficients."""
 _TEMPORARIES = 4  # live tensors of a chunk's size during one backward step
-_SHAPE_METHODS = {"size", "dim"}
-_SHAPE_ATTRS = {"shape", "ndim", "dtype", "device"}
 _RESHAPE_METHODS = {"view", "reshape", "flatten"}
 
 
 def _unsupported(what: str, node: fx.Node) -> UnsupportedLayerError:
     return UnsupportedLayerError(
-        f"CROWN does not support {what}: {_where(node)}. CROWN supports feed-forward ReLU networks (one "
+        f"CROWN does not support {what}: {describe_node(node)}. CROWN supports feed-forward ReLU networks (one "
         "chain of Linear, Conv, eval-mode BatchNorm, Normalize, ReLU, Flatten/view/reshape, Identity and "
         "eval-mode Dropout); use robust.certify.ibp.interval_bounds for other graphs"
     )
-
-
-def _check_eval(module: nn.Module, node: fx.Node) -> None:
-    if module.training:
-        raise ValueError(
-            f"{type(module).__name__} at {_where(node)} is in training mode; CROWN bounds need eval mode "
-            "(running statistics, no dropout): call model.eval()"
-        )
 
 
 class _Affine:
@@ -185,7 +176,7 @@ def _conv_padding(m: nn.Conv1d | nn.Conv2d, node: fx.Node) -> tuple[int, ...]:
 
 
 def _batchnorm(m: nn.BatchNorm1d | nn.BatchNorm2d, node: fx.Node, shape: torch.Size) -> _Elementwise:
-    _check_eval(m, node)
+    check_eval(m, node, "CROWN")
     affine = batchnorm_affine(m)
     if affine is None:
         raise _unsupported(f"{type(m).__name__} without running statistics", node)
@@ -206,7 +197,7 @@ def _module_layer(m: nn.Module, node: fx.Node, h: torch.Tensor) -> tuple[_Layer 
     if isinstance(m, nn.ReLU):
         return _ReLU(shape), torch.relu(h)
     if isinstance(m, nn.Dropout):
-        _check_eval(m, node)
+        check_eval(m, node, "CROWN")
         return None, h
     if isinstance(m, nn.Identity):
         return None, h
@@ -267,7 +258,7 @@ def _bounded_layer(model: nn.Module, node: fx.Node, args: tuple, kwargs: dict) -
 def _chain(model: nn.Module, x: torch.Tensor) -> tuple[list[_Layer], int]:
     """The model as a chain of affine layers and ReLUs from the input to the logits, and the
     number of logits."""
-    graph = _graph(model)
+    graph = traced_graph(model)
     env: dict[fx.Node, Any] = {}
     tail: fx.Node | None = None  # the last node of the chain so far: the only one a layer may read
     bounded: set[fx.Node] = set()
@@ -289,8 +280,8 @@ def _chain(model: nn.Module, x: torch.Tensor) -> tuple[list[_Layer], int]:
         args = fx.node.map_arg(node.args, env.__getitem__)
         kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
         inputs = [n for n in node.all_input_nodes if n in bounded]
-        shape_query = (node.op == "call_method" and node.target in _SHAPE_METHODS) or (
-            node.op == "call_function" and node.target is getattr and node.args[1] in _SHAPE_ATTRS
+        shape_query = (node.op == "call_method" and node.target in SHAPE_METHODS) or (
+            node.op == "call_function" and node.target is getattr and node.args[1] in SHAPE_ATTRS
         )
         if not inputs or shape_query:
             env[node] = _evaluate(model, node, args, kwargs)
@@ -422,7 +413,7 @@ def _refine(chain: Sequence[_Layer], relax: dict[int, _Relaxation], box: Interva
 def _relaxed(model: nn.Module, x: torch.Tensor, eps: float) -> tuple[list[_Layer], dict[int, _Relaxation], Interval, int]:
     """The chain, the relaxation of each of its ReLUs (by index), the input box and the number of logits."""
     chain, num_classes = _chain(model, x)
-    box = _input_box(x, eps)
+    box = input_box(x, eps)
     relax: dict[int, _Relaxation] = {}
     lower, upper = box.lower, box.upper
     for i, layer in enumerate(chain):
@@ -454,7 +445,7 @@ def crown_bounds(model: nn.Module, x: torch.Tensor, eps: Any, C: torch.Tensor | 
     Raises :class:`~robust.certify.ibp.UnsupportedLayerError` naming a layer or graph node that
     is not part of a feed-forward ReLU chain, ValueError for train-mode BatchNorm/dropout.
     """
-    eps = _eps(eps)
+    eps = linf_radius(eps)
     with torch.no_grad():
         chain, relax, box, num_classes = _relaxed(model, x, eps)
         if C is None:
@@ -479,7 +470,7 @@ def crown_margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Any, 
     pass. With ``intersect_ibp`` the result is the element-wise maximum with the IBP elided
     margins (both are sound, so is their maximum); by default it is CROWN's alone.
     """
-    eps = _eps(eps)
+    eps = linf_radius(eps)
     with torch.no_grad():
         chain, relax, box, num_classes = _relaxed(model, x, eps)
         y = y.to(x.device).long()

@@ -11,11 +11,8 @@ input box is ``[clamp(x - eps, 0, 1), clamp(x + eps, 0, 1)]``.
 
 from __future__ import annotations
 
-import math
 import operator
-import weakref
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from functools import reduce
 from typing import Any
 
@@ -24,76 +21,22 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from robust.evaluation.stats import accuracy_record
-from robust.models.normalize import Normalize
-from robust.runtime import eval_mode, full_float32, model_device
-from robust.threat import parse_eps
+from robust.base.batching import batches, collect
+from robust.base.runtime import eval_mode, full_float32, model_device
+from robust.base.stats import accuracy_record
+from robust.certify.graph import (  # noqa: F401 - Interval and the error are public names of this module
+    AFFINE, BATCHNORM, MONOTONE_MODULES, Interval, UnsupportedLayerError, check_eval, describe_node, input_box,
+    linf_radius, traced_graph, SHAPE_ATTRS, SHAPE_METHODS)
 
-
-class UnsupportedLayerError(NotImplementedError):
-    """A layer or function that interval bound propagation does not handle."""
-
-
-@dataclass
-class Interval:
-    """Element-wise bounds ``lower <= value <= upper``."""
-
-    lower: torch.Tensor
-    upper: torch.Tensor
-
-    @property
-    def center(self) -> torch.Tensor:
-        return (self.upper + self.lower) / 2
-
-    @property
-    def radius(self) -> torch.Tensor:
-        return (self.upper - self.lower) / 2
-
-    @classmethod
-    def from_center(cls, center: torch.Tensor, radius: torch.Tensor) -> "Interval":
-        return cls(center - radius, center + radius)
-
-
-_AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d)
-_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
-_MONOTONE_MODULES = (Normalize, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.MaxPool2d, nn.Flatten, nn.Identity)
-_LEAVES = (*_AFFINE, *_BATCHNORM, *_MONOTONE_MODULES, nn.ReLU, nn.Dropout)
 _MONOTONE_FUNCTIONS = {
     torch.flatten, torch.cat, torch.relu, F.relu, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
     torch.squeeze, torch.unsqueeze, torch.reshape, operator.getitem,
 }
 _MONOTONE_METHODS = {"view", "reshape", "flatten", "relu", "contiguous", "squeeze", "unsqueeze", "mean", "sum"}
-_SHAPE_METHODS = {"size", "dim"}
-_SHAPE_ATTRS = {"shape", "ndim", "dtype", "device"}
-
-
-class _Tracer(fx.Tracer):
-    """Keeps Normalize and the supported nn layers as single graph nodes."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
-
-
-_GRAPHS: "weakref.WeakKeyDictionary[nn.Module, fx.Graph]" = weakref.WeakKeyDictionary()
-
-
-def _graph(model: nn.Module) -> fx.Graph:
-    if model not in _GRAPHS:
-        _GRAPHS[model] = _Tracer().trace(model)
-    return _GRAPHS[model]
-
-
-def _where(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    inside = ""
-    if stack:
-        path, owner = list(stack.values())[-1]
-        inside = f" inside {getattr(owner, '__name__', owner)} {path!r}"
-    return f"graph node {node.name!r} ({node.op} {getattr(node.target, '__name__', node.target)!s}){inside}"
 
 
 def _unsupported(what: str, node: fx.Node) -> UnsupportedLayerError:
-    return UnsupportedLayerError(f"interval bound propagation does not support {what}: {_where(node)}")
+    return UnsupportedLayerError(f"interval bound propagation does not support {what}: {describe_node(node)}")
 
 
 def _has_interval(args: Any) -> bool:
@@ -146,14 +89,6 @@ _ARITH = {
 _ARITH_METHODS = {"add": "add", "sub": "sub", "mul": "mul", "div": "div"}
 
 
-def _check_eval(module: nn.Module, node: fx.Node) -> None:
-    if module.training:
-        raise ValueError(
-            f"{type(module).__name__} at {_where(node)} is in training mode; interval bounds need "
-            "eval mode (running statistics, no dropout): call model.eval()"
-        )
-
-
 def _affine(module: nn.Module, a: Interval, node: fx.Node) -> Interval:
     center, radius = a.center, a.radius
     if isinstance(module, nn.Linear):
@@ -180,7 +115,7 @@ def batchnorm_affine(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | N
 
 
 def _batchnorm(module: nn.Module, a: Interval, node: fx.Node) -> Interval:
-    _check_eval(module, node)
+    check_eval(module, node, "interval")
     affine = batchnorm_affine(module)
     if affine is None:
         raise _unsupported(f"{type(module).__name__} without running statistics", node)
@@ -196,16 +131,16 @@ def _call_module(module: nn.Module, args: tuple, kwargs: dict, node: fx.Node) ->
     a = args[0]
     if len(args) != 1 or kwargs or not isinstance(a, Interval):
         raise _unsupported(f"{type(module).__name__} called with extra arguments", node)
-    if isinstance(module, _AFFINE):
+    if isinstance(module, AFFINE):
         return _affine(module, a, node)
-    if isinstance(module, _BATCHNORM):
+    if isinstance(module, BATCHNORM):
         return _batchnorm(module, a, node)
     if isinstance(module, nn.ReLU):
         return Interval(torch.relu(a.lower), torch.relu(a.upper))
     if isinstance(module, nn.Dropout):
-        _check_eval(module, node)
+        check_eval(module, node, "interval")
         return a
-    if isinstance(module, _MONOTONE_MODULES):
+    if isinstance(module, MONOTONE_MODULES):
         return Interval(module(a.lower), module(a.upper))
     raise _unsupported(f"layer {type(module).__name__}", node)
 
@@ -217,7 +152,7 @@ def _call_function(fn: Any, args: tuple, kwargs: dict, node: fx.Node) -> Any:
         return _arith(_ARITH[fn], args[0], args[1], node)
     if fn is operator.neg:
         return Interval(-args[0].upper, -args[0].lower)
-    if fn is getattr and args[1] in _SHAPE_ATTRS:
+    if fn is getattr and args[1] in SHAPE_ATTRS:
         return getattr(args[0].lower, args[1])
     if fn in _MONOTONE_FUNCTIONS:
         return _monotone(fn, args, kwargs)
@@ -227,7 +162,7 @@ def _call_function(fn: Any, args: tuple, kwargs: dict, node: fx.Node) -> Any:
 def _call_method(name: str, args: tuple, kwargs: dict, node: fx.Node) -> Any:
     if not _has_interval((args, kwargs)):
         return getattr(args[0], name)(*args[1:], **kwargs)
-    if name in _SHAPE_METHODS and isinstance(args[0], Interval):
+    if name in SHAPE_METHODS and isinstance(args[0], Interval):
         return getattr(args[0].lower, name)(*args[1:], **kwargs)
     if name in _ARITH_METHODS and len(args) == 2 and not kwargs:
         return _arith(_ARITH_METHODS[name], args[0], args[1], node)
@@ -238,7 +173,7 @@ def _call_method(name: str, args: tuple, kwargs: dict, node: fx.Node) -> Any:
 
 def _propagate(model: nn.Module, box: Interval) -> tuple[fx.Graph, dict[fx.Node, Any]]:
     """Interval (or constant) value of every node of ``model``'s graph for inputs in ``box``."""
-    graph = _graph(model)
+    graph = traced_graph(model)
     env: dict[fx.Node, Any] = {}
     placeholders = 0
     for node in graph.nodes:
@@ -266,17 +201,6 @@ def _propagate(model: nn.Module, box: Interval) -> tuple[fx.Graph, dict[fx.Node,
     return graph, env
 
 
-def _input_box(x: torch.Tensor, eps: float) -> Interval:
-    return Interval((x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0))
-
-
-def _eps(eps: Any) -> float:
-    value = parse_eps(eps)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"eps must be a finite number >= 0 (L-inf radius in [0, 1] pixel units), got {eps!r}")
-    return value
-
-
 def _output(graph: fx.Graph, env: dict[fx.Node, Any]) -> Interval:
     out = env[graph.output_node()] if hasattr(graph, "output_node") else env[list(graph.nodes)[-1]]
     if not isinstance(out, Interval):
@@ -292,7 +216,7 @@ def interval_bounds(model: nn.Module, x: torch.Tensor, eps: float) -> tuple[torc
     dropout must be in eval mode. Raises :class:`UnsupportedLayerError` (a NotImplementedError)
     naming any layer or function it cannot bound.
     """
-    graph, env = _propagate(model, _input_box(x, _eps(eps)))
+    graph, env = _propagate(model, input_box(x, linf_radius(eps)))
     out = _output(graph, env)
     return out.lower, out.upper
 
@@ -313,7 +237,7 @@ def elided_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
     ``lower_y - upper_j``. If the model does not end in an ``nn.Linear``, this falls back to
     that naive difference. An example is verified at ``eps`` iff every entry with j != y is > 0.
     """
-    graph, env = _propagate(model, _input_box(x, _eps(eps)))
+    graph, env = _propagate(model, input_box(x, linf_radius(eps)))
     y = y.to(x.device).long()
     last = _last_linear(model, graph)
     if last is None or not isinstance(env[last.args[0]], Interval):
@@ -323,7 +247,7 @@ def elided_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
         linear: nn.Linear = model.get_submodule(last.target)
         h = env[last.args[0]]
         if h.lower.dim() != 2:
-            raise UnsupportedLayerError(f"elision needs a flat input to the last Linear: {_where(last)}")
+            raise UnsupportedLayerError(f"elision needs a flat input to the last Linear: {describe_node(last)}")
         weight = linear.weight[y][:, None, :] - linear.weight[None]
         margins = torch.einsum("nkd,nd->nk", weight, h.center) - torch.einsum("nkd,nd->nk", weight.abs(), h.radius)
         if linear.bias is not None:
@@ -336,18 +260,6 @@ def certified(margins: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return ((margins > 0) | F.one_hot(y, margins.shape[1]).bool()).all(1)
 
 
-def _batches(data: Any, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        x, y = data
-        if len(x) != len(y):
-            raise ValueError(f"x and y differ in length: {len(x)} and {len(y)}")
-        for i in range(0, len(x), batch_size):
-            yield x[i:i + batch_size], y[i:i + batch_size]
-    else:
-        for batch in data:
-            yield batch[0], batch[1]
-
-
 def verified_accuracy(model: nn.Module, data: Any, eps: float, batch_size: int = 256) -> dict:
     """IBP-verified and clean accuracy of ``model`` at L-inf radius ``eps`` (pixel units).
 
@@ -357,7 +269,7 @@ def verified_accuracy(model: nn.Module, data: Any, eps: float, batch_size: int =
     Returns ``{"verified", "clean"}`` accuracy records, ``eps``, ``n_examples`` and
     ``per_example`` (one bool per example). The model runs in eval mode and is restored.
     """
-    eps = _eps(eps)
+    eps = linf_radius(eps)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = model_device(model)
@@ -365,12 +277,8 @@ def verified_accuracy(model: nn.Module, data: Any, eps: float, batch_size: int =
     clean = 0
     with eval_mode(model):
         with torch.no_grad():
-            for x, y in _batches(data, batch_size):
+            for x, y in batches(*collect(data), batch_size):
                 x, y = x.to(device), y.to(device).long()
-                if x.numel() and (x.min() < 0 or x.max() > 1 or not torch.isfinite(x).all()):
-                    raise ValueError(
-                        f"images must lie in [0, 1], got values in [{float(x.min()):.4g}, {float(x.max()):.4g}]"
-                    )
                 correct = model(x).argmax(1) == y
                 with full_float32():
                     proved = certified(elided_bounds(model, x, y, eps), y)

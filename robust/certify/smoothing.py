@@ -10,8 +10,6 @@ those pixel units.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import time
@@ -25,9 +23,11 @@ from scipy.stats import beta, binomtest, norm
 from torch import nn
 from tqdm.auto import tqdm
 
-from robust import distributed
-from robust.evaluation.stats import accuracy_record
-from robust.runtime import autocast, check_precision, eval_mode, fold_batchnorm, model_device
+from robust.base import distributed
+from robust.base.runtime import autocast, check_precision, eval_mode, fold_batchnorm, model_device
+from robust.base.state import Journal, fingerprint
+from robust.base.stats import accuracy_record
+from robust.base.threat import parse_radius
 
 ABSTAIN = -1
 
@@ -193,47 +193,6 @@ def _example_generator(smooth: Smooth, idx: int) -> torch.Generator | None:
     return torch.Generator(device=smooth.device).manual_seed(seed)
 
 
-def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
-    digest = hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(y.detach().cpu().to(torch.int64).contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _load_state(path: str, settings: dict) -> dict[int, dict]:
-    rows: dict[int, dict] = {}
-    if not os.path.exists(path):
-        return rows
-    with open(path) as handle:
-        lines = handle.read().splitlines()
-    if not lines:
-        return rows
-    header = json.loads(lines[0]).get("settings")
-    if header != settings:
-        changed = sorted(k for k in set(settings) | set(header or {}) if (header or {}).get(k) != settings.get(k))
-        raise ValueError(f"state file {path!r} was written for different settings ({', '.join(changed)}); "
-                         "delete it or pass another state_path")
-    for number, line in enumerate(lines[1:], start=2):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                with open(path, "w") as handle:
-                    handle.write("".join(line + "\n" for line in lines[:-1]))
-                break
-            raise ValueError(f"state file {path!r} is corrupt at line {number}") from None
-        rows[int(row["idx"])] = row
-    return rows
-
-
-def _open_state(path: str, settings: dict) -> dict[int, dict]:
-    """The rows a state file already holds; writes the header line to a new or empty file."""
-    rows = _load_state(path, settings)
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
-        with open(path, "w") as handle:
-            handle.write(json.dumps({"settings": settings}) + "\n")
-    return rows
-
-
 def certify_dataset(
     smooth: Smooth,
     x: torch.Tensor,
@@ -257,8 +216,8 @@ def certify_dataset(
     No radius above ``sigma * Phi^-1(alpha ** (1 / n))`` can ever be certified (about
     ``3.2 * sigma`` at ``n = 10_000, alpha = 0.001``); asking for one warns.
 
-    ``state_path``: a JSON-lines file; each finished row is appended, and a restarted call
-    skips the rows already there. With ``Smooth(seed=...)`` the noise of each example depends
+    ``state_path``: a resume journal (:class:`robust.base.state.Journal`); each finished round of
+    rows is appended, and a restarted call skips the rows already there. With ``Smooth(seed=...)`` the noise of each example depends
     only on the seed and its index, so a resumed run equals an uninterrupted one. A state
     written for other settings or data is refused. ``callback(row)`` runs after each row.
     Under torchrun example ``i`` is certified on rank ``i % world_size``, every rank gets every
@@ -268,13 +227,12 @@ def certify_dataset(
     batch_size = _count(batch_size, "batch_size")
     if x.dim() != 4 or y.dim() != 1 or len(x) != len(y):
         raise ValueError(f"x must be (N, C, H, W) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
-    radii = [float(r) for r in radii]
-    if any(not math.isfinite(r) or r < 0 for r in radii):
-        raise ValueError(f"radii must be finite and >= 0, got {radii}")
+    radii = [parse_radius(r, "radius", "L2 radius in pixel units") for r in radii]
     settings = {"n0": n0, "n": n, "alpha": alpha, "batch_size": batch_size, "sigma": smooth.sigma,
                 "precision": smooth.precision,
-                "num_classes": smooth.num_classes, "seed": smooth.seed, "data": _fingerprint(x, y)}
-    rows = {} if state_path is None else distributed.run_on_main(lambda: _open_state(os.fspath(state_path), settings))
+                "num_classes": smooth.num_classes, "seed": smooth.seed, "data": fingerprint(x, y.to(torch.int64))}
+    journal = None if state_path is None else Journal(state_path, "smoothing certification", settings)
+    rows = {} if journal is None else distributed.run_on_main(journal.load)
 
     def compute(idx: int) -> dict:
         label = int(y[idx])
@@ -288,9 +246,8 @@ def certify_dataset(
 
     def finished(new: dict[int, dict]) -> None:
         rows.update(new)
-        if state_path is not None and distributed.is_main():
-            with open(state_path, "a") as handle:
-                handle.write("".join(json.dumps(row) + "\n" for row in new.values()))
+        if journal is not None and distributed.is_main():
+            journal.append(new)
         bar.update(len(new))
         if callback is not None:
             for row in new.values():

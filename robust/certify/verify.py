@@ -22,13 +22,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from robust import distributed
-from robust.attacks.evaluation import build_attack
+from robust.attacks.independent import build_attack
+from robust.base import distributed
+from robust.base.batching import collect
+from robust.base.runtime import eval_mode, full_float32, model_device, num_classes
+from robust.base.stats import accuracy_record
+from robust.base.threat import ThreatModel
 from robust.certify.ibp import certified, elided_bounds
-from robust.evaluation.core import collect
-from robust.evaluation.stats import accuracy_record
-from robust.runtime import eval_mode, full_float32, model_device, num_classes
-from robust.threat import ThreatModel
 
 METHODS = ("ibp", "crown")
 STATUSES = ("verified", "falsified", "inconclusive")
@@ -75,7 +75,7 @@ def verify(
     alone and combined), ``per_example`` rows (``idx label predict status``), the attack's
     settings and time, and a :func:`consistency` verdict. ``attack=None`` skips the attack: then
     only misclassified inputs are ``falsified``. Under torchrun the batches are shared out
-    (:func:`robust.distributed.map_batches`) and every rank returns the same report.
+    (:func:`robust.base.distributed.map_batches`) and every rank returns the same report.
     """
     threat = ThreatModel("linf", eps)
     x, y = collect(data, n_examples)
@@ -130,7 +130,7 @@ def verify(
     report = {
         "kind": "certification",
         "method": method,
-        "threat": {"kind": "linf", "norm": "linf", "eps": float(threat.eps), "eps_str": repr(threat.eps)},
+        "threat": threat.to_dict(),
         "n_examples": n,
         "clean": accuracy_record(clean, n),
         "certified": accuracy_record(counts["verified"], n),

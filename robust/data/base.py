@@ -8,21 +8,26 @@ only so that a user can build that layer.
 
 from __future__ import annotations
 
+import inspect
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
+from robust.base.errors import InputError
 from robust.data.resident import EpochPosition, ResidentLoader, epoch_batches
 
 SPLIT_SEED = 0
 """Seed of every train/val split: splits are fixed, independent of the ``seed`` argument."""
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(InputError, FileNotFoundError):
     """The files of a data set are not where the data module looked for them.
 
     ``path`` is the absolute path that was searched; the message says how to supply the files.
@@ -36,7 +41,7 @@ class DataNotFoundError(FileNotFoundError):
         return str(self.args[0])
 
 
-class DataFormatError(ValueError):
+class DataFormatError(InputError, ValueError):
     """A data file exists but its content is not what the data module expects."""
 
 
@@ -209,13 +214,59 @@ def _check_positive_int(value: object, name: str, allow_zero: bool = False) -> N
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
+def _parameters(init: Callable[..., None]) -> list[inspect.Parameter]:
+    """``init``'s parameters after ``self``, with their annotations evaluated (postponed ones are strings)."""
+    hints = typing.get_type_hints(init)
+    return [p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in list(inspect.signature(init).parameters.values())[1:]]
+
+
+def _save_hyperparameters(module: pl.LightningDataModule, arguments: dict[str, Any]) -> None:
+    """Lightning's hyperparameters: the config LightningCLI is building the module from, if it is (a
+    checkpoint then rebuilds the module as the CLI would), else ``arguments``."""
+    token = _given_hyperparameters.set(arguments) if _given_hyperparameters.get() is None else None
+    try:
+        module.save_hyperparameters()
+    finally:
+        if token is not None:
+            _given_hyperparameters.reset(token)
+
+
+def _with_signature(cls: type, target: Callable[..., None], params: list[inspect.Parameter]) -> Callable[..., None]:
+    """An ``__init__`` for ``cls`` with the signature ``params``: it fills in the defaults, calls ``target``
+    with every argument and, as the outermost constructor, saves them as the hyperparameters."""
+    signature = inspect.Signature([inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *params],
+                                  return_annotation=None)
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        target(*bound.args, **bound.kwargs)
+        if type(self).__init__ is __init__:
+            _save_hyperparameters(self, dict(list(bound.arguments.items())[1:]))
+
+    __init__.__signature__ = signature  # type: ignore[attr-defined]
+    __init__.__annotations__ = {p.name: p.annotation for p in params if p.annotation is not p.empty}
+    __init__.__annotations__["return"] = None
+    __init__.__doc__ = target.__doc__
+    __init__.__module__ = cls.__module__
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    return __init__
+
+
 class RobustDataModule(pl.LightningDataModule):
     """Base of every data module: batch sizes, workers, a seeded shuffle and fixed splits.
 
-    Subclasses set the class (or instance) attributes ``name``, ``num_classes``,
-    ``in_channels``, ``image_size`` (int, images are square), ``mean``, ``std``
-    (per-channel, of [0, 1] pixels) and implement ``_load_fit() -> (train, val | None)``
-    and ``_load_test() -> test``, called from ``setup``.
+    Subclasses set the class (or instance) attributes ``num_classes``, ``in_channels``,
+    ``image_size`` (int, images are square), ``mean``, ``std`` (per-channel, of [0, 1] pixels),
+    get ``name`` from :func:`robust.data.registry.register_datamodule`, and implement
+    ``_load_fit() -> (train, val | None)`` and ``_load_test() -> test``, called from ``setup``.
+
+    A subclass's ``__init__`` takes its own parameters and ``**options``, which it passes on to its
+    parent; its signature, which jsonargparse reads for ``robust fit --help``, lists its own
+    parameters and then its parent's (keyword-only), each with its default. A subclass changes an
+    inherited default with a class keyword: ``class _CIFAR(TorchvisionDataModule, augment=True)``.
+    The arguments of the outermost constructor are saved as Lightning's hyperparameters.
 
     Args:
         batch_size: training batch size.
@@ -224,7 +275,6 @@ class RobustDataModule(pl.LightningDataModule):
         seed: seeds the training order (a permutation per epoch from ``(seed, epoch)``, the same for the
             ``DataLoader`` and the device-resident path) and the device-resident augmentation; splits
             never depend on it. The training order is resumable mid-epoch (:class:`EpochSampler`).
-        val_size: validation examples carved from the training data, a count or a fraction.
         device_resident: hold every split on the training device as uint8 and make batches there,
             with the augmentation done on the device too (:class:`robust.data.resident.ResidentLoader`);
             for data sets that fit in device memory. On the CPU the same loader runs on host tensors.
@@ -237,13 +287,30 @@ class RobustDataModule(pl.LightningDataModule):
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
+    def __init_subclass__(cls, **defaults: Any) -> None:
+        super().__init_subclass__()
+        own = cls.__dict__.get("__init__")
+        if own is None and not defaults:
+            return  # the parent's __init__ and signature serve as they are
+        parent = cls.__mro__[1].__init__
+        params = _parameters(own or parent)
+        if own is not None and any(p.kind is p.VAR_KEYWORD for p in params):
+            named = {p.name for p in params}
+            params = [p for p in params if p.kind is not p.VAR_KEYWORD]
+            params += [p.replace(kind=p.KEYWORD_ONLY) for p in _parameters(parent)
+                       if p.name not in named and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        unknown = set(defaults) - {p.name for p in params}
+        if unknown:
+            raise TypeError(f"{cls.__name__}: no parameter {sorted(unknown)} to give a default to")
+        params = [p.replace(default=defaults[p.name]) if p.name in defaults else p for p in params]
+        cls.__init__ = _with_signature(cls, own or parent, sorted(params, key=lambda p: p.kind))
+
     def __init__(
         self,
         batch_size: int = 128,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
-        val_size: int | float = 0,
         device_resident: bool = False,
     ) -> None:
         super().__init__()
@@ -257,7 +324,6 @@ class RobustDataModule(pl.LightningDataModule):
         self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
         self.num_workers = num_workers
         self.seed = seed
-        self.val_size = check_val_size(val_size)
         self.device_resident = bool(device_resident)
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None

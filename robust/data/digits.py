@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from robust.data.base import RobustDataModule, channel_stats
+from robust.data.registry import register_datamodule
 
 TRAIN_SIZE, VAL_SIZE, TEST_SIZE = 1197, 300, 300
 
@@ -45,6 +47,7 @@ def _labels(indices: np.ndarray) -> torch.Tensor:
     return torch.tensor(_digits_split()[1][indices])
 
 
+@register_datamodule("digits")
 class Digits(RobustDataModule):
     """The 1,797 8x8 grayscale digits bundled with scikit-learn (``load_digits``), 10 classes.
 
@@ -56,26 +59,17 @@ class Digits(RobustDataModule):
     Args:
         upscale: resize the images (bilinear) to ``upscale x upscale``, e.g. 16 or 28;
             ``None`` keeps 8x8.
-        batch_size, eval_batch_size, num_workers, seed: see ``RobustDataModule``.
+        options: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``device_resident``
+            (see ``RobustDataModule``).
     """
 
-    name = "digits"
     num_classes = 10
     in_channels = 1
 
-    def __init__(
-        self,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        upscale: int | None = None,
-        device_resident: bool = False,
-    ) -> None:
-        super().__init__(batch_size, eval_batch_size, num_workers, seed, val_size=VAL_SIZE, device_resident=device_resident)
+    def __init__(self, *, upscale: int | None = None, **options: Any) -> None:
+        super().__init__(**options)
         if upscale is not None and (isinstance(upscale, bool) or not isinstance(upscale, int) or upscale < 8):
             raise ValueError(f"upscale must be None or an integer >= 8 (the original size), got {upscale!r}")
-        self.save_hyperparameters()
         self.upscale = upscale
         self.image_size = 8 if upscale is None else upscale
         self.mean, self.std = channel_stats(_images(_digits_split()[2], upscale))

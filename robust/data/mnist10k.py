@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from robust.data.base import DataFormatError, DataNotFoundError, RobustDataModule, absolute, resolve_val_size
+from robust.data.base import (
+    DataFormatError, DataNotFoundError, RobustDataModule, absolute, check_val_size, resolve_val_size)
+from robust.data.registry import register_datamodule
 
 DEFAULT_ROOT = "../shared/data/mnist-t10k"
 IMAGES_FILE = "t10k-images-idx3-ubyte"
@@ -102,6 +105,7 @@ def load_mnist_t10k(root: str | Path = DEFAULT_ROOT) -> tuple[np.ndarray, np.nda
     return images, labels
 
 
+@register_datamodule("mnist10k")
 class MNIST10k(RobustDataModule):
     """MNIST's real test split (t10k) as train / val / test = images [0, 8000 - val_size) /
     [8000 - val_size, 8000) / [8000, 10000): 7,000 / 1,000 / 2,000 by default.
@@ -110,29 +114,20 @@ class MNIST10k(RobustDataModule):
         root: directory holding ``t10k-images-idx3-ubyte.gz`` and ``t10k-labels-idx1-ubyte.gz``
             (relative paths are taken from the current directory).
         val_size: how many of the last of the first 8,000 images validate (a count or a fraction).
-        batch_size, eval_batch_size, num_workers, seed: see ``RobustDataModule``.
+        options: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``device_resident``
+            (see ``RobustDataModule``).
     """
 
-    name = "mnist10k"
     num_classes = 10
     in_channels = 1
     image_size = 28
     mean = (0.1307,)
     std = (0.3081,)
 
-    def __init__(
-        self,
-        root: str = DEFAULT_ROOT,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_size: int | float = 1000,
-        device_resident: bool = False,
-    ) -> None:
-        super().__init__(batch_size, eval_batch_size, num_workers, seed, val_size, device_resident=device_resident)
-        self.save_hyperparameters()
+    def __init__(self, root: str = DEFAULT_ROOT, *, val_size: int | float = 1000, **options: Any) -> None:
+        super().__init__(**options)
         self.root = root
+        self.val_size = check_val_size(val_size)
         self._data: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _tensors(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,24 +4,21 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
 from robust.data.base import (
-    SPLIT_SEED,
-    DataFormatError,
-    DataNotFoundError,
-    RobustDataModule,
-    absolute,
-    channel_stats,
-    split_indices,
-)
+    SPLIT_SEED, DataFormatError, DataNotFoundError, RobustDataModule, absolute, channel_stats, check_val_size,
+    split_indices)
+from robust.data.registry import register_datamodule
 
 SPLITS = ("train", "val", "test")
 
 
+@register_datamodule("npz")
 class Npz(RobustDataModule):
     """Images and labels from an ``.npz`` file, held in memory.
 
@@ -44,30 +41,19 @@ class Npz(RobustDataModule):
         num_classes: number of classes; inferred from the labels when ``None``.
         layout: ``"nchw"`` or ``"nhwc"`` to override detection for 4-D arrays.
         val_size: validation count or fraction carved from ``x_train`` when there is no ``x_val``.
-        batch_size, eval_batch_size, num_workers, seed: see ``RobustDataModule``.
+        options: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``device_resident``
+            (see ``RobustDataModule``).
     """
 
-    name = "npz"
-
-    def __init__(
-        self,
-        path: str,
-        num_classes: int | None = None,
-        layout: str | None = None,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_size: int | float = 0.1,
-        device_resident: bool = False,
-    ) -> None:
-        super().__init__(batch_size, eval_batch_size, num_workers, seed, val_size, device_resident=device_resident)
+    def __init__(self, path: str, num_classes: int | None = None, layout: str | None = None, *,
+                 val_size: int | float = 0.1, **options: Any) -> None:
+        super().__init__(**options)
         if layout is not None and layout.lower() not in ("nchw", "nhwc"):
             raise ValueError(f"layout must be 'nchw', 'nhwc' or None, got {layout!r}")
         if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2):
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-        self.save_hyperparameters()
         self.path = path
+        self.val_size = check_val_size(val_size)
         self.layout = None if layout is None else layout.lower()
         self._splits = self._read(num_classes)
         x_train = self._splits["train"][0]

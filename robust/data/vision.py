@@ -16,13 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from robust.data.base import (
-    SPLIT_SEED,
-    DataNotFoundError,
-    ImageTensorDataset,
-    RobustDataModule,
-    absolute,
-    split_indices,
-)
+    SPLIT_SEED, DataNotFoundError, ImageTensorDataset, RobustDataModule, absolute, check_val_size, split_indices)
+from robust.data.registry import register_datamodule
 
 
 class TorchvisionDataModule(RobustDataModule):
@@ -33,34 +28,30 @@ class TorchvisionDataModule(RobustDataModule):
         download: download the files when they are missing (needs internet).
         augment: random crop (and horizontal flip where the class allows it) on training images.
         val_size: validation examples carved from the training split (a count or a fraction).
-        batch_size, eval_batch_size, num_workers, seed: see ``RobustDataModule``.
+        options: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``device_resident``
+            (see ``RobustDataModule``).
     """
 
     flip: bool = False
     crop_padding: int = 4
-    files_hint: str = ""
+    torchvision_name: str = ""  # the data set's class in torchvision.datasets
+    files_hint: str = ""  # where torchvision looks for the files, for the message when they are missing
 
-    def __init__(
-        self,
-        root: str = "data",
-        download: bool = False,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_size: int | float = 5000,
-        augment: bool = False,
-        device_resident: bool = False,
-    ) -> None:
-        super().__init__(batch_size, eval_batch_size, num_workers, seed, val_size, device_resident=device_resident)
+    def __init__(self, root: str = "data", download: bool = False, *, val_size: int | float = 5000,
+                 augment: bool = False, **options: Any) -> None:
+        super().__init__(**options)
         self.root = root
         self.download = bool(download)
+        self.val_size = check_val_size(val_size)
         self.augment = bool(augment)
 
     # -- subclass hooks ------------------------------------------------------------
     def _open(self, split: str, download: bool) -> Any:
         """The torchvision data set of ``split`` ("train" or "test")."""
-        raise NotImplementedError
+        import torchvision.datasets
+
+        dataset = getattr(torchvision.datasets, self.torchvision_name)
+        return dataset(self.root, train=split == "train", download=download)
 
     def _unpack(self, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images (N, C, H, W) and int64 labels of an opened data set."""
@@ -97,7 +88,7 @@ class TorchvisionDataModule(RobustDataModule):
             how = "Pass download=True on a machine with internet"
         return DataNotFoundError(
             f"{self.name}: the torchvision files under {root} {what}; "
-            f"torchvision.datasets looks for {self.files_hint.format(root=root)}. "
+            f"torchvision.datasets looks for {self.files_hint.format(root=root, name=self.torchvision_name)}. "
             f"{how}, or place the torchvision files under {root} (or pass root=<directory>). "
             f"torchvision said: {str(err).strip()}",
             root,
@@ -135,12 +126,13 @@ class _MNISTLike(TorchvisionDataModule):
     in_channels = 1
     image_size = 28
     crop_padding = 2
-    files_hint = "{root}/%s/raw/{{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte"
+    files_hint = "{root}/{name}/raw/{{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte"
 
     def _unpack(self, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
         return dataset.data.unsqueeze(1).contiguous(), _labels(dataset.targets)
 
 
+@register_datamodule("mnist")
 class MNIST(_MNISTLike):
     """MNIST (60,000 + 10,000 28x28 grayscale digits); val = 5,000 of the training images.
 
@@ -148,67 +140,26 @@ class MNIST(_MNISTLike):
     the default is no augmentation, as in Madry et al. 2018 and TRADES.
     """
 
-    name = "mnist"
     num_classes = 10
     mean = (0.1307,)
     std = (0.3081,)
-    files_hint = _MNISTLike.files_hint % "MNIST"
-
-    def __init__(
-        self,
-        root: str = "data",
-        download: bool = False,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_size: int | float = 5000,
-        augment: bool = False,
-        device_resident: bool = False,
-    ) -> None:
-        super().__init__(root, download, batch_size, eval_batch_size, num_workers, seed, val_size, augment, device_resident=device_resident)
-        self.save_hyperparameters()
-
-    def _open(self, split: str, download: bool) -> Any:
-        from torchvision.datasets import MNIST as TV
-
-        return TV(self.root, train=split == "train", download=download)
+    torchvision_name = "MNIST"
 
 
+@register_datamodule("fashion_mnist")
 class FashionMNIST(_MNISTLike):
     """Fashion-MNIST (60,000 + 10,000 28x28 grayscale clothing images); val = 5,000 training images.
 
     ``augment=True`` adds a random crop with 2 pixels of padding (no flip).
     """
 
-    name = "fashion_mnist"
     num_classes = 10
     mean = (0.2860,)
     std = (0.3530,)
-    files_hint = _MNISTLike.files_hint % "FashionMNIST"
-
-    def __init__(
-        self,
-        root: str = "data",
-        download: bool = False,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_size: int | float = 5000,
-        augment: bool = False,
-        device_resident: bool = False,
-    ) -> None:
-        super().__init__(root, download, batch_size, eval_batch_size, num_workers, seed, val_size, augment, device_resident=device_resident)
-        self.save_hyperparameters()
-
-    def _open(self, split: str, download: bool) -> Any:
-        from torchvision.datasets import FashionMNIST as TV
-
-        return TV(self.root, train=split == "train", download=download)
+    torchvision_name = "FashionMNIST"
 
 
-class _CIFAR(TorchvisionDataModule):
+class _CIFAR(TorchvisionDataModule, augment=True):
     in_channels = 3
     image_size = 32
     flip = True
@@ -218,6 +169,7 @@ class _CIFAR(TorchvisionDataModule):
         return images, _labels(dataset.targets)
 
 
+@register_datamodule("cifar10")
 class CIFAR10(_CIFAR):
     """CIFAR-10 (50,000 + 10,000 32x32 colour images); val = 5,000 training images.
 
@@ -225,66 +177,28 @@ class CIFAR10(_CIFAR):
     horizontal flip, the augmentation of Madry et al. 2018, TRADES and Rice et al. 2020.
     """
 
-    name = "cifar10"
     num_classes = 10
     mean = (0.4914, 0.4822, 0.4465)
     std = (0.2470, 0.2435, 0.2616)
+    torchvision_name = "CIFAR10"
     files_hint = "{root}/cifar-10-batches-py"
 
-    def __init__(
-        self,
-        root: str = "data",
-        download: bool = False,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_size: int | float = 5000,
-        augment: bool = True,
-        device_resident: bool = False,
-    ) -> None:
-        super().__init__(root, download, batch_size, eval_batch_size, num_workers, seed, val_size, augment, device_resident=device_resident)
-        self.save_hyperparameters()
 
-    def _open(self, split: str, download: bool) -> Any:
-        from torchvision.datasets import CIFAR10 as TV
-
-        return TV(self.root, train=split == "train", download=download)
-
-
+@register_datamodule("cifar100")
 class CIFAR100(_CIFAR):
     """CIFAR-100 (50,000 + 10,000 32x32 colour images, 100 classes); val = 5,000 training images.
 
     ``augment=True`` (default): random crop 32 with 4 pixels of padding and a horizontal flip.
     """
 
-    name = "cifar100"
     num_classes = 100
     mean = (0.5071, 0.4865, 0.4409)
     std = (0.2673, 0.2564, 0.2762)
+    torchvision_name = "CIFAR100"
     files_hint = "{root}/cifar-100-python"
 
-    def __init__(
-        self,
-        root: str = "data",
-        download: bool = False,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_size: int | float = 5000,
-        augment: bool = True,
-        device_resident: bool = False,
-    ) -> None:
-        super().__init__(root, download, batch_size, eval_batch_size, num_workers, seed, val_size, augment, device_resident=device_resident)
-        self.save_hyperparameters()
 
-    def _open(self, split: str, download: bool) -> Any:
-        from torchvision.datasets import CIFAR100 as TV
-
-        return TV(self.root, train=split == "train", download=download)
-
-
+@register_datamodule("svhn")
 class SVHN(TorchvisionDataModule):
     """SVHN (73,257 + 26,032 32x32 colour house-number digits; the "extra" split is unused);
     val = 5,000 training images.
@@ -293,28 +207,12 @@ class SVHN(TorchvisionDataModule):
     not mirror-symmetric); the default is no augmentation.
     """
 
-    name = "svhn"
     num_classes = 10
     in_channels = 3
     image_size = 32
     mean = (0.4377, 0.4438, 0.4728)
     std = (0.1980, 0.2010, 0.1970)
     files_hint = "{root}/train_32x32.mat and {root}/test_32x32.mat"
-
-    def __init__(
-        self,
-        root: str = "data",
-        download: bool = False,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_size: int | float = 5000,
-        augment: bool = False,
-        device_resident: bool = False,
-    ) -> None:
-        super().__init__(root, download, batch_size, eval_batch_size, num_workers, seed, val_size, augment, device_resident=device_resident)
-        self.save_hyperparameters()
 
     def _open(self, split: str, download: bool) -> Any:
         from torchvision.datasets import SVHN as TV
@@ -325,7 +223,8 @@ class SVHN(TorchvisionDataModule):
         return torch.from_numpy(np.ascontiguousarray(dataset.data)), _labels(dataset.labels)
 
 
-class GTSRB(TorchvisionDataModule):
+@register_datamodule("gtsrb")
+class GTSRB(TorchvisionDataModule, val_size=0.1):
     """German Traffic Sign Recognition Benchmark (26,640 + 12,630 colour signs, 43 classes),
     every image resized to ``image_size x image_size`` (bilinear, antialiased) when read.
 
@@ -333,32 +232,21 @@ class GTSRB(TorchvisionDataModule):
     physical sign), so that validation never sees near-copies of training images.
     ``augment=True`` adds a random crop with ``image_size // 8`` pixels of padding, never a
     flip (a mirrored "turn left" sign is "turn right").
+
+    Args:
+        image_size: the side, in pixels, every image is resized to (at least 8).
     """
 
-    name = "gtsrb"
     num_classes = 43
     in_channels = 3
     mean = (0.3403, 0.3121, 0.3214)
     std = (0.2724, 0.2608, 0.2669)
     files_hint = "{root}/gtsrb/GTSRB/Training and {root}/gtsrb/GTSRB/Final_Test/Images with {root}/gtsrb/GT-final_test.csv"
 
-    def __init__(
-        self,
-        root: str = "data",
-        download: bool = False,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_size: int | float = 0.1,
-        augment: bool = False,
-        image_size: int = 32,
-        device_resident: bool = False,
-    ) -> None:
-        super().__init__(root, download, batch_size, eval_batch_size, num_workers, seed, val_size, augment, device_resident=device_resident)
+    def __init__(self, *, image_size: int = 32, **options: Any) -> None:
+        super().__init__(**options)
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
             raise ValueError(f"image_size must be an integer >= 8, got {image_size!r}")
-        self.save_hyperparameters()
         self.image_size = image_size
         self.crop_padding = max(1, image_size // 8)
 

@@ -4,8 +4,10 @@
 entry point; ``robust evaluate`` is its command line.
 """
 
-from robust.evaluation.core import EvaluationStateError, RobustnessReport, evaluate, summarise_threat
-from robust.evaluation.stats import accuracy_record, clopper_pearson
+from robust.base.state import StateError
+from robust.base.stats import accuracy_record, clopper_pearson
+from robust.evaluation.core import evaluate, summarise_threat
+from robust.evaluation.results import RobustnessReport
 
-__all__ = ["EvaluationStateError", "RobustnessReport", "accuracy_record", "clopper_pearson", "evaluate",
-           "summarise_threat"]
+__all__ = ["RobustnessReport", "accuracy_record", "clopper_pearson", "evaluate",
+           "StateError", "summarise_threat"]

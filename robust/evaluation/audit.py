@@ -1,218 +1,109 @@
-"""Gradient-masking audit: the checks that make an attack-based number trustworthy.
+"""The audit of one model on one data set, as a library function: the empirical evaluation, the
+certificate that applies and the common corruptions, on the same examples with one seed.
 
-A defence that hides its gradients (quantised inputs, saturated softmax outputs,
-randomness) makes gradient attacks fail without being robust (Athalye, Carlini &
-Wagner 2018; Carlini et al. 2019, "On Evaluating Adversarial Robustness"). Each
-check below states its threshold; a report with any failed check is marked
-``unreliable`` (the RobustBench field) and lists why.
-
-Comparisons between two accuracies allow ``tolerance`` (one percentage point by default,
-and never less than one example) for the noise of attacks that are not monotone per
-example. The checks that compare attacks of different strength or eps run each attack
-independently on the same audit subset, so a check can fire.
+``audit(model, (x, y), threat, method)`` returns an :class:`Audit`;
+:func:`robust.reports.audit.audit_document` states it as proven / measured / not checked, and
+``robust audit`` writes that document with the underlying reports.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from robust.attacks.evaluation import build_attack
-from robust.evaluation.core import RobustnessReport, attack_batches
-from robust.runtime import batched_logits, eval_mode, model_device
-from robust.threat import ThreatModel
+from robust.base.batching import collect
+from robust.base.runtime import model_device
+from robust.base.state import fingerprint
+from robust.base.threat import ThreatModel
+from robust.evaluation.results import RobustnessReport
 
-DEFAULTS = {
-    "n_examples": 500,        # audit subset: the first n examples
-    "steps": 20,              # PGD steps of the audit's own attacks
-    "strong_steps": 100,      # "more steps" attack: 5x the steps ...
-    "strong_restarts": 3,     # ... and 3 restarts
-    "eps_factors": (0.25, 0.5, 1.0, 2.0),
-    "tolerance": 0.01,        # accuracy slack for comparisons (fraction), at least one example
-    "unbounded_max": 0.02,    # robust accuracy allowed at an eps covering the whole image box
-    "square_queries": 1000,   # when the evaluation ran no Square attack of its own
-    "square_max": 0.02,       # share of examples Square may break that white-box attacks could not
-    "zero_grad_max": 0.05,    # share of examples with an all-zero input gradient
-    "determinism_rtol": 1e-2,  # |logits1 - logits2| <= rtol * max(1, max|logits|): bf16 / cuDNN noise passes
-}
+__all__ = ["Audit", "audit", "choose_certificate"]
 
 
-def _check(name: str, passed: bool, message: str, threshold: str, value: Any) -> dict[str, Any]:
-    return {"name": name, "passed": bool(passed), "message": message, "threshold": threshold, "value": value}
+@dataclass
+class Audit:
+    """What an audit measured: the evaluation (gradient-masking audit included, and the corruptions
+    unless skipped), the certification report or ``None``, the certificate's method and why it
+    applies (or why none does), and the provenance every part carries."""
+
+    evaluation: RobustnessReport
+    certification: dict[str, Any] | None
+    certification_method: str
+    provenance: dict[str, Any]
 
 
-def _robust_acc(model, x, y, threat, name, n_classes, seed, batch_size, progress, **options) -> float:
-    attack = build_attack(name, threat, n_classes, **options)
-    res = attack_batches(model, x, y, [attack], batch_size, seed, None, "", progress,
-                         f"audit {name} @ {threat.norm} {threat.eps!r}")
-    return int(res["robust"][name].sum()) / len(y)
+def choose_certificate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, method: Any = None,
+                       *, smoothing_n: int = 10_000, batch_size: int = 128, seed: int = 0, progress: bool = True,
+                       checkpoint: str | None = None) -> tuple[dict[str, Any] | None, str]:
+    """The certification report that applies to ``model``, and why; ``(None, reason)`` when none does.
 
-
-def _max_eps(threat: ThreatModel, x: torch.Tensor) -> float:
-    """An eps whose ball covers the whole [0, 1] box: 1 for L-inf, sqrt(dimension) for L2."""
-    return 1.0 if threat.norm == "linf" else float(x[0].numel()) ** 0.5
-
-
-def run_audit(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    threat: ThreatModel,
-    report: RobustnessReport | None = None,
-    *,
-    n_classes: int,
-    seed: int = 0,
-    batch_size: int = 256,
-    progress: bool = False,
-    **options: Any,
-) -> dict[str, Any]:
-    """Run every check on the first ``n_examples`` of ``(x, y)``; returns the report's ``audit`` dict.
-
-    ``report`` (the evaluation's own results) lets the Square check reuse the evaluation's
-    white-box and black-box attacks when it ran them.
+    A model trained with noise (``method.sigma``) gets randomized smoothing; otherwise, under L-inf,
+    CROWN ∩ IBP with an attack falsifying what is not proven where CROWN supports the graph, IBP
+    alone where only IBP does. ``batch_size`` (at most 128) is the bound methods'.
     """
-    unknown = set(options) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown audit option(s) {sorted(unknown)}; choose from {sorted(DEFAULTS)}")
-    o = {**DEFAULTS, **options}
-    with eval_mode(model):
-        return _run(model, x[:o["n_examples"]], y[:o["n_examples"]], threat, report, n_classes, seed,
-                    batch_size, progress, o)
+    from robust.certify import report as certification
+    from robust.certify.crown import crown_margins
+    from robust.certify.ibp import UnsupportedLayerError, elided_bounds
 
-
-def _run(model, x, y, threat, report, n_classes, seed, batch_size, progress, o) -> dict[str, Any]:
-    n = len(y)
-    tol = max(o["tolerance"], 1.0 / n + 1e-12)
-    tol_txt = f"{100 * tol:.2f} points (max of {100 * o['tolerance']:g} points and one example)"
-    eps = float(threat.eps)
-    steps = o["steps"]
-    checks = []
-
-    def acc(name: str, e: float, **kw: Any) -> float:
-        return _robust_acc(model, x, y, ThreatModel(threat.norm, e), name, n_classes, seed, batch_size,
-                           progress, **kw)
-
-    logits = batched_logits(model, x, batch_size)
-    rows_sum = logits.sum(1)
-    is_prob = bool((logits >= 0).all() and (logits <= 1).all() and ((rows_sum - 1).abs() < 1e-3).all())
-    checks.append(_check(
-        "outputs_are_logits", not is_prob,
-        "The model outputs probabilities (rows are non-negative and sum to 1): cross-entropy on softmax "
-        "outputs saturates and gradient attacks stall; return logits." if is_prob else
-        "The model's outputs are not probability vectors (logits expected).",
-        "flag if every output lies in [0, 1] and every row sums to 1 within 1e-3", float(rows_sum.mean())))
-
-    again = batched_logits(model, x, batch_size)
-    scale = max(1.0, float(logits.abs().max()))
-    diff = float((again - logits).abs().max())
-    label_flips = float((again.argmax(1) != logits.argmax(1)).float().mean())
-    deterministic = diff <= o["determinism_rtol"] * scale
-    checks.append(_check(
-        "deterministic_forward", deterministic,
-        "Two forward passes on the same inputs agree." if deterministic else
-        f"Two forward passes on the same inputs differ by up to {diff:.3g} in the logits "
-        f"({100 * label_flips:.1f}% of predictions change): a randomised model needs an EOT attack "
-        "(attacks=('autoattack-rand',)) and deterministic attacks overstate its robustness.",
-        f"max |logits_1 - logits_2| <= {o['determinism_rtol']:g} * max(1, max |logits|)", diff))
-
-    zero_share = _zero_gradient_share(model, x, y, batch_size)
-    checks.append(_check(
-        "zero_input_gradients", zero_share <= o["zero_grad_max"],
-        f"{100 * zero_share:.1f}% of examples have an all-zero input gradient of the cross-entropy"
-        + ("; gradient attacks cannot move them (quantised or saturated inputs mask gradients)."
-           if zero_share > o["zero_grad_max"] else "."),
-        f"share of examples with an all-zero gradient <= {o['zero_grad_max']:g}", zero_share))
-
-    pgd = acc("pgd", eps, steps=steps)
-    fgsm = acc("fgsm", eps)
-    checks.append(_check(
-        "fgsm_not_stronger_than_pgd", fgsm >= pgd - tol,
-        f"Single-step FGSM leaves {100 * fgsm:.2f}% robust, PGD-{steps} {100 * pgd:.2f}%"
-        + (": an iterative attack losing to a single step means its gradients mislead it." if fgsm < pgd - tol
-           else "."),
-        f"FGSM accuracy >= PGD accuracy - {tol_txt}", {"fgsm": fgsm, "pgd": pgd}))
-
-    strong = acc("pgd", eps, steps=o["strong_steps"], restarts=o["strong_restarts"])
-    checks.append(_check(
-        "more_steps_not_weaker", strong <= pgd + tol,
-        f"PGD-{o['strong_steps']} with {o['strong_restarts']} restarts leaves {100 * strong:.2f}%, "
-        f"PGD-{steps} {100 * pgd:.2f}%" + (": more iterations should never help the model." if strong > pgd + tol
-                                             else "."),
-        f"accuracy(PGD-{o['strong_steps']} x{o['strong_restarts']}) <= accuracy(PGD-{steps}) + {tol_txt}",
-        {"weak": pgd, "strong": strong}))
-
-    factors = sorted(o["eps_factors"])
-    curve = [(f * eps, pgd if f == 1.0 else acc("pgd", f * eps, steps=steps)) for f in factors]
-    rises = [(a, b) for a, b in zip(curve, curve[1:]) if b[1] > a[1] + tol]
-    checks.append(_check(
-        "monotone_in_eps", not rises,
-        "Robust accuracy (independent PGD runs) " + ("rises with eps: " + "; ".join(
-            f"{100 * a[1]:.2f}% at {a[0]:.4g} -> {100 * b[1]:.2f}% at {b[0]:.4g}" for a, b in rises)
-            if rises else "does not increase with eps: " + ", ".join(f"{100 * v:.1f}% at {e:.4g}" for e, v in curve)),
-        f"accuracy at a larger eps <= accuracy at a smaller eps + {tol_txt}",
-        [{"eps": e, "accuracy": v} for e, v in curve]))
-
-    big = _max_eps(threat, x)
-    unbounded = acc("pgd", big, steps=max(steps, 50), random_start=False)
-    checks.append(_check(
-        "unbounded_eps_breaks_all", unbounded <= o["unbounded_max"],
-        f"PGD-{max(steps, 50)} from the clean point (a random start alone would scramble the image) at "
-        f"eps = {big:.4g}, a ball covering the whole image box, leaves "
-        f"{100 * unbounded:.2f}% robust" + ("; with an unbounded budget every image can be changed into another "
-                                             "class, so gradients are not guiding the attack." if
-                                             unbounded > o["unbounded_max"] else "."),
-        f"accuracy at eps {big:.4g} <= {o['unbounded_max']:g}", unbounded))
-
-    share, how = _square_only_share(model, x, y, threat, report, n_classes, seed, batch_size, progress, o)
-    checks.append(_check(
-        "black_box_not_stronger", share <= max(o["square_max"], 1.0 / n + 1e-12),
-        f"Square (black-box) broke {100 * share:.2f}% of the examples that the white-box attacks could not "
-        f"({how})" + ("; black-box beating white-box points at masked gradients."
-                     if share > max(o["square_max"], 1.0 / n + 1e-12) else "."),
-        f"share of examples broken only by Square <= {o['square_max']:g} (or a single example)", share))
-
-    flags = [{k: c[k] for k in ("name", "message", "threshold", "value")} for c in checks if not c["passed"]]
-    return {"ran": True, "unreliable": bool(flags), "flags": flags, "checks": checks,
-            "zero_gradient_share": zero_share, "n_examples": n, "settings": {k: (list(v) if isinstance(v, tuple)
-                                                                               else v) for k, v in o.items()}}
-
-
-def _zero_gradient_share(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+    sigma = getattr(method, "sigma", None)
+    if sigma is not None:
+        return certification.smoothing_report(
+            model, (x, y), sigma, n=smoothing_n, batch_size=10_000 if model_device(model).type == "cuda" else 1000,
+            radii=[r * sigma for r in (0.0, 0.5, 1.0, 1.5, 2.0)], seed=seed, progress=progress,
+            checkpoint=checkpoint), f"randomized smoothing (the model was trained with noise, sigma {sigma:g})"
+    if threat.norm != "linf":
+        return None, ("no certificate: interval and CROWN bounds certify L-inf balls, and this deterministic model "
+                      "has no randomized-smoothing certificate (train it with GaussianNoise for L2 certificates)")
     device = model_device(model)
-    zero = 0
-    with torch.enable_grad():
-        for i in range(0, len(x), batch_size):
-            bx = x[i:i + batch_size].to(device).clone().requires_grad_(True)
-            loss = F.cross_entropy(model(bx).float(), y[i:i + batch_size].to(device), reduction="sum")
-            grad, = torch.autograd.grad(loss, bx, allow_unused=True)
-            if grad is None:
-                zero += len(bx)
-            else:
-                zero += int((grad.flatten(1) == 0).all(1).sum())
-    return zero / len(x)
+    probe_x, probe_y = x[:2].to(device), y[:2].to(device)
+    try:
+        crown_margins(model, probe_x, probe_y, float(threat.eps))
+        method_name, why = "crown", "CROWN ∩ IBP (a feed-forward ReLU network)"
+    except UnsupportedLayerError:
+        try:
+            elided_bounds(model, probe_x, probe_y, float(threat.eps))
+            method_name, why = "ibp", "interval bound propagation (CROWN does not apply to this graph)"
+        except UnsupportedLayerError as err:
+            return None, f"no certificate: {err}"
+    report = certification.verification_report(model, (x, y), [threat.eps], method=method_name,
+                                               batch_size=min(batch_size, 128), seed=seed, progress=progress,
+                                               checkpoint=checkpoint)
+    return report, why
 
 
-def _square_only_share(model, x, y, threat, report, n_classes, seed, batch_size, progress, o):
-    """Share of audit examples Square breaks although every white-box attack failed on them."""
-    n = len(y)
-    if report is not None and "autoattack" in report.per_attack:
-        comp = report.per_attack["autoattack"].get("components", {})
-        broken = comp.get("square", {}).get("broken", 0)
-        return broken / report.n_examples, "Square inside autoattack, after APGD-CE, APGD-T and FAB-T"
-    masks = report.masks if report is not None else {}
-    white = [m for a, m in masks.items() if a not in ("square", "fgsm")]
-    if "square" in masks and white:
-        white_robust = torch.stack(white).all(0)
-        only = white_robust & ~masks["square"]
-        return float(only.float().mean()), "the evaluation's Square against its white-box attacks"
-    attacks = [build_attack("pgd", threat, n_classes, steps=o["steps"]),
-               build_attack("pgd-cw", threat, n_classes, steps=o["steps"]),
-               build_attack("square", threat, n_classes, queries=o["square_queries"])]
-    res = attack_batches(model, x, y, attacks, batch_size, seed, None, "", progress,
-                         f"audit square @ {threat.norm} {threat.eps!r}")
-    white_robust = res["robust"]["pgd"] & res["robust"]["pgd-cw"]
-    only = white_robust & ~res["robust"]["square"]
-    return float(only.sum()) / n, f"Square-{o['square_queries']} against PGD-{o['steps']} (CE and CW loss)"
+def audit(model: nn.Module, data: Any, threat: ThreatModel | Mapping, method: Any = None, *,
+          attacks: Sequence[str] = ("autoattack",), attack_options: dict[str, dict[str, Any]] | None = None,
+          n_examples: int | None = None, corruptions: bool = True, smoothing_n: int = 10_000, batch_size: int = 256,
+          seed: int = 0, progress: bool = True, checkpoint: str | None = None,
+          provenance: Mapping[str, Any] | None = None) -> Audit:
+    """Audit ``model`` on ``data`` (``(x, y)`` or a loader; its first ``n_examples``) under ``threat``.
+
+    ``method`` is the training method (a noise-trained model's ``sigma`` selects randomized
+    smoothing); ``attacks``/``attack_options`` are :func:`robust.evaluation.evaluate`'s;
+    ``provenance`` (e.g. the data's description, the model's source) joins the data's fingerprint
+    in every part. A verification report is checked against the evaluation's attacks per example.
+    """
+    from robust.certify.report import compare_with_evaluation
+    from robust.evaluation.core import evaluate
+    from robust.evaluation.corruptions import evaluate_corruptions
+
+    threat = ThreatModel.coerce(threat)
+    x, y = collect(data, n_examples)
+    provenance = {**(provenance or {}), "data_sha256": fingerprint(x, y.to(torch.int64))}
+    evaluation = evaluate(model, (x, y), threat, list(attacks), batch_size=batch_size, seed=seed, audit=True,
+                          attack_options=attack_options, checkpoint=checkpoint, progress=progress)
+    evaluation.protocol.update(provenance)
+    if corruptions:
+        evaluation.corruptions = evaluate_corruptions(model, (x, y), batch_size=batch_size, seed=seed,
+                                                      progress=progress)
+    certificate, why = choose_certificate(model, x, y, threat, method, smoothing_n=smoothing_n, batch_size=batch_size,
+                                          seed=seed, progress=progress, checkpoint=checkpoint)
+    if certificate is not None:
+        certificate["protocol"].update(provenance)
+        if certificate["method"] != "smoothing":  # the evaluation's attacks also falsify, per example
+            compare_with_evaluation(certificate, evaluation.to_dict())
+    return Audit(evaluation, certificate, why, provenance)

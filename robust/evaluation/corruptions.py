@@ -4,7 +4,7 @@ The 15 corruptions of D. Hendrycks & T. Dietterich, "Benchmarking Neural Network
 Common Corruptions and Perturbations", ICLR 2019, at severities 1..5, as implemented by the
 ``imagecorruptions`` package 1.1.2 (Michaelis et al. 2019) with the ImageNet-C constants, and by
 ``make_cifar_c.py`` (github.com/hendrycks/robustness) with the CIFAR-10-C constants; both Apache
-License 2.0. ``_corruptions_reference`` is the faithful per-image NumPy port (it lists the library
+License 2.0. ``corruptions_reference`` is the faithful per-image NumPy port (it lists the library
 replacements and the few deviations); this module computes the same images for whole batches and
 is tested against it at fixed seeds.
 
@@ -42,9 +42,10 @@ from scipy import ndimage
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from robust.evaluation import _corruptions_reference as ref
-from robust.evaluation.stats import accuracy_record
-from robust.runtime import eval_mode, model_device
+from robust.base.batching import check_images
+from robust.base.runtime import eval_mode, model_device
+from robust.base.stats import accuracy_record
+from robust.evaluation import corruptions_reference as ref
 
 CORRUPTIONS: tuple[str, ...] = ref.NAMES
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
@@ -58,28 +59,13 @@ def check_corruption(name: str, severity: int) -> None:
         raise ValueError(f"severity must be an integer in 1..5, got {severity!r}")
 
 
-def check_images(x: Tensor) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"images must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 4:
-        raise ValueError(f"images must be (N, C, H, W), got {x.ndim} dimensions {tuple(x.shape)}")
-    if x.shape[1] not in (1, 3):
-        raise ValueError(f"images must have 1 or 3 channels, got {x.shape[1]} (shape {tuple(x.shape)})")
-    if min(x.shape[2:]) < MIN_SIDE:
-        raise ValueError(f"images must be at least {MIN_SIDE}x{MIN_SIDE} px, got {tuple(x.shape[2:])}")
-    if not x.is_floating_point():
-        raise ValueError(f"images must be floating point in [0, 1], got {x.dtype}")
-    if x.numel() and not (torch.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
-        raise ValueError(f"images must lie in [0, 1], got values in [{float(x.min())}, {float(x.max())}]")
-
-
 def corrupt(x: Tensor, name: str, severity: int, seed: int = 0) -> Tensor:
     """Corruption ``name`` at ``severity`` (1..5) of images ``x`` (N, C, H, W) in [0, 1].
 
     Deterministic given ``seed``; see the module docstring for the protocol.
     """
     check_corruption(name, severity)
-    check_images(x)
+    check_images(x, channels=(1, 3), min_side=MIN_SIDE)
     return corrupt_with(x, name, severity, [np.random.RandomState(seed)] * len(x))
 
 
@@ -569,7 +555,7 @@ def evaluate_corruptions(
     with eval_mode(model):
         with torch.no_grad():
             for x, y in _batches(data, batch_size):
-                check_images(x)
+                check_images(x, channels=(1, 3), min_side=MIN_SIDE)
                 shape = tuple(x.shape[1:])
                 clean += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
                 n += len(x)

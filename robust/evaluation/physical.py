@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust.runtime import eval_mode
+from robust.base.batching import check_images
+from robust.base.runtime import eval_mode
 
 PATCH_DEFAULTS: dict[str, Any] = {
     "fraction": 0.05, "location": "worst", "steps": 50, "step_size": 0.1, "stride": None, "seed": 0,
@@ -55,20 +56,6 @@ class ThreatResult:
     adv_pred: torch.Tensor
     x_adv: torch.Tensor
     details: dict[str, Any] = field(default_factory=dict)
-
-
-def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
-    if x.dim() != 4 or not x.is_floating_point():
-        raise ValueError(f"images must be a float tensor (N, C, H, W), got {x.dtype} of shape {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError("images must hold at least one example, got N = 0")
-    lo, hi = float(x.min()), float(x.max())
-    if not (0.0 <= lo and hi <= 1.0):
-        raise ValueError(f"images must lie in [0, 1] (normalisation belongs inside the model), got min {lo:.4g}, max {hi:.4g}")
-    if y.dim() != 1 or y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
-        raise ValueError(f"labels must be a 1-D integer tensor, got {y.dtype} of shape {tuple(y.shape)}")
-    if y.shape[0] != x.shape[0]:
-        raise ValueError(f"labels must have one entry per image: {y.shape[0]} labels for {x.shape[0]} images")
 
 
 @contextmanager
@@ -254,7 +241,7 @@ def patch_attack(
     ``details``: ``location`` ([top, left] per example, None where misclassified clean), ``loss``,
     ``clean_correct``, ``side_px`` and ``protocol`` (:func:`describe_patch`).
     """
-    _check_inputs(x, y)
+    check_images(x, y, nonempty=True)
     n, c, h, w = x.shape
     side = patch_side(fraction, h, w)
     loc, stride_px = _resolve_location(location, side, h, w, stride)
@@ -379,7 +366,7 @@ def spatial_attack(
     ``details``: ``angle_deg``, ``translation_px`` ([dx, dy]), ``loss``, ``clean_correct`` per
     example and ``protocol`` (:func:`describe_spatial`).
     """
-    _check_inputs(x, y)
+    check_images(x, y, nonempty=True)
     _check_spatial(max_rotation, max_translation, rotations, translations)
     n, c, h, w = x.shape
     grid = [g for g in _spatial_grid(max_rotation, max_translation, rotations, translations) if any(g)]

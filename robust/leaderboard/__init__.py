@@ -1,6 +1,6 @@
 """The robustness leaderboard: entries from reports and RobustBench records (:mod:`.entry`,
 :mod:`.robustbench`), a SQLite/SQLAlchemy store (:mod:`.store`), ranking rules (:mod:`.ranking`)
-and boards as Markdown, CSV, JSON and HTML (:mod:`.export`, :mod:`.html`)."""
+and boards as Markdown, CSV, JSON and HTML (:mod:`.formats`, :mod:`.html`)."""
 
 from robust.leaderboard.entry import EntryError, from_report, validate
 from robust.leaderboard.ranking import boards

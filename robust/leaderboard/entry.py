@@ -14,6 +14,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from robust.base.errors import InputError
+
 THREATS = ("Linf", "L2", "corruptions")
 _NORMS = {"linf": "Linf", "l2": "L2", "corruptions": "corruptions"}
 
@@ -46,7 +48,7 @@ FIELDS: dict[str, str] = {
 }
 
 
-class EntryError(ValueError):
+class EntryError(InputError, ValueError):
     """A leaderboard entry or input file that is malformed; the message names the field."""
 
 
@@ -184,8 +186,8 @@ def robust_value(entry: Mapping[str, Any]) -> float | None:
 
 
 def _threat(report: Mapping[str, Any]) -> tuple[str, float | None, str | None]:
-    threat = report.get("threat") or {}
-    norm = _NORMS.get(str(threat.get("norm") or threat.get("kind")).lower())
+    threat = report["threat"]  # a ThreatModel.to_dict() (check_report refused any other shape)
+    norm = _NORMS.get(threat["norm"].lower())
     if norm is None:
         raise EntryError(f"report threat {threat!r}: expected an L-inf or L2 threat model")
     return norm, threat.get("eps"), threat.get("eps_str")
@@ -263,7 +265,10 @@ def check_report(report: Any) -> None:
         if isinstance(report.get(field), Mapping):
             _record(report[field], field)
     threat = report["threat"]
-    if not isinstance(threat.get("norm") or threat.get("kind"), str):
+    if "norm" not in threat and threat.get("kind") in ("patch", "spatial", "corruptions"):
+        raise EntryError(f"report threat {threat['kind']!r}: an entry needs an L-inf or L2 threat model "
+                         "(the evaluation's, not one of its physical or corruption threats)")
+    if not isinstance(threat.get("norm"), str):
         raise EntryError(f"report field 'threat': expected {{norm, eps}}, got {threat!r:.80}")
     for i, point in enumerate(report.get("sweep") or []):
         if not isinstance(point, Mapping):

@@ -23,6 +23,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from robust.reports.format import percent
+
 __all__ = ["render_html", "svg_chart", "safe_href"]
 
 TIED_TIP = ("Statistically tied with the row above: their 95% Clopper-Pearson intervals overlap, "
@@ -45,10 +47,6 @@ def safe_href(link: Any) -> str | None:
     if isinstance(link, str) and _SAFE_URL.match(link):
         return link
     return None
-
-
-def _pct(value: float | None, digits: int = 2) -> str:
-    return "—" if value is None else f"{100 * float(value):.{digits}f}"
 
 
 def _num(value: float) -> str:
@@ -114,7 +112,7 @@ def svg_chart(points: Sequence[Mapping[str, Any]], x_key: str, x_label: str, y_l
         out.append(f'<polyline class="curve" points="{path}"/>')
     for x, y in pts:
         out.append(f'<circle class="dot" cx="{_num(sx(x))}" cy="{_num(sy(y))}" r="2.5">'
-                   f'<title>{_e(_tick(x))}: {_pct(y)} %</title></circle>')
+                   f'<title>{_e(_tick(x))}: {percent(y, unit=" %")}</title></circle>')
     if not pts:
         out.append(f'<text class="tick" x="{_num(left + pw / 2)}" y="{_num(top + ph / 2)}" '
                    f'text-anchor="middle">no points</text>')
@@ -124,9 +122,11 @@ def svg_chart(points: Sequence[Mapping[str, Any]], x_key: str, x_label: str, y_l
 
 def _accuracy_cell(value: float | None, ci: Sequence[float] | None, extra: str = "") -> str:
     data = "" if value is None else f"{float(value):.6f}"
-    interval = (f'<span class="ci" title="95% Clopper-Pearson interval">[{_pct(ci[0])}, {_pct(ci[1])}]</span>'
+    interval = (f'<span class="ci" title="95% Clopper-Pearson interval">[{percent(ci[0], unit="")}, '
+                f'{percent(ci[1], unit="")}]</span>'
                 if ci else '<span class="ci" title="no sample size recorded: no interval">no CI</span>')
-    return f'<td class="num" data-value="{data}"><span class="acc">{_pct(value)}</span>{extra} {interval}</td>'
+    return (f'<td class="num" data-value="{data}"><span class="acc">{percent(value, unit="")}</span>{extra} '
+            f'{interval}</td>')
 
 
 def _kv(value: Any) -> str:
@@ -144,7 +144,8 @@ def _kv(value: Any) -> str:
 
 def _certificate(c: Mapping[str, Any]) -> str:
     counts = f" ({c['correct']}/{c['n']})" if c.get("correct") is not None and c.get("n") else ""
-    return f"{c.get('method')} {c.get('norm') or ''} radius {_tick(float(c['radius']))}: {_pct(c.get('accuracy'))} %{counts}"
+    return (f"{c.get('method')} {c.get('norm') or ''} radius {_tick(float(c['radius']))}: "
+            f"{percent(c.get('accuracy'), unit=' %')}{counts}")
 
 
 def _details(row: Mapping[str, Any], board: Mapping[str, Any]) -> str:
@@ -172,8 +173,8 @@ def _details(row: Mapping[str, Any], board: Mapping[str, Any]) -> str:
         ("eps", entry.get("eps_str") or entry.get("eps")),
         ("attack protocol", entry.get("attack_protocol")),
         ("protocol's robust accuracy", None if entry.get("robust") is None
-         else f"{_pct(entry['robust'].get('accuracy'))} %"),
-        ("adaptive attack (external)", None if entry.get("external") is None else f"{_pct(entry['external'])} %"),
+         else percent(entry["robust"].get("accuracy"), unit=" %")),
+        ("adaptive attack (external)", None if entry.get("external") is None else percent(entry["external"], unit=" %")),
         ("certificates", "; ".join(_certificate(c) for c in entry.get("certified") or []) or None),
         ("training", entry.get("training")), ("checkpoint sha256", entry.get("checkpoint_sha256")),
         ("model sha256", entry.get("model_sha256")), ("versions", entry.get("versions")),

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from robust.evaluation.stats import clopper_pearson
+from robust.base.stats import clopper_pearson
 from robust.leaderboard.entry import robust_value
 
 

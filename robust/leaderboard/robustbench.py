@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from robust.base.threat import parse_eps
 from robust.leaderboard.entry import THREATS, EntryError, validate
-from robust.threat import parse_eps
+from robust.reports.format import percent
 
 FIELDS = ("name", "link", "authors", "additional_data", "number_forward_passes", "dataset", "venue", "architecture",
           "eps", "clean_acc", "reported", "autoattack_acc", "external", "unreliable", "footnote", "corruptions_acc",
@@ -108,10 +109,6 @@ def read_robustbench(path: str | Path, threat: str | None = None, n_examples: in
     return from_robustbench(info, threat, n_examples)
 
 
-def _pct(value: float | None) -> str:
-    return "" if value is None else f"{100 * value:.2f}"
-
-
 def to_robustbench(entry: Mapping[str, Any]) -> dict[str, Any]:
     """The RobustBench ``model_info`` record of an entry (for a submission or a side-by-side board)."""
     entry = validate(entry)
@@ -120,15 +117,15 @@ def to_robustbench(entry: Mapping[str, Any]) -> dict[str, Any]:
         "name": rb.get("name") or entry["name"], "link": rb.get("link", ""), "authors": rb.get("authors", ""),
         "additional_data": rb.get("additional_data", False), "number_forward_passes": rb.get("number_forward_passes", 1),
         "dataset": entry["dataset"], "venue": rb.get("venue", ""), "architecture": entry.get("architecture") or "",
-        "eps": entry.get("eps_str"), "clean_acc": _pct(entry["clean"]["accuracy"]),
+        "eps": entry.get("eps_str"), "clean_acc": percent(entry["clean"]["accuracy"], unit="", missing=""),
         "reported": rb.get("reported", ""), "unreliable": entry["unreliable"], "footnote": rb.get("footnote", ""),
     }
     robust = entry.get("robust")
     if entry["threat"] == "corruptions":
-        out["corruptions_acc"] = _pct(None if robust is None else robust["accuracy"])
+        out["corruptions_acc"] = percent(None if robust is None else robust["accuracy"], unit="", missing="")
         if "corruptions_mce" in rb:
             out["corruptions_mce"] = rb["corruptions_mce"]
     else:
-        out["autoattack_acc"] = _pct(None if robust is None else robust["accuracy"])
-        out["external"] = _pct(entry.get("external"))
+        out["autoattack_acc"] = percent(None if robust is None else robust["accuracy"], unit="", missing="")
+        out["external"] = percent(entry.get("external"), unit="", missing="")
     return out

@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, OperationalError, ProgrammingError
 
+from robust.base.errors import InputError
 from robust.leaderboard.entry import fingerprint, validate
 
 SCHEMA_VERSION = 1
@@ -44,7 +45,7 @@ ENTRIES = sa.Table(
 )
 
 
-class StoreError(RuntimeError):
+class StoreError(InputError, RuntimeError):
     """A store that cannot be used as it is (newer schema, not a robust store, unreachable)."""
 
 

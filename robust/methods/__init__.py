@@ -1,8 +1,8 @@
 """Training methods: each has ``loss(model, x, y) -> (loss, logs)``."""
 
-from robust.methods.base import Method
 from robust.methods.adversarial import FGSM, MART, PGD, TRADES, Standard
-from robust.methods.ibp import IBP
+from robust.methods.base import Method
+from robust.methods.certified import IBP
 from robust.methods.noise import GaussianNoise
 
 __all__ = ["FGSM", "IBP", "MART", "GaussianNoise", "Method", "PGD", "Standard", "TRADES"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -10,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from robust.attacks.training import pgd
-from robust.methods.base import Method, WarmupUnit
-from robust.threat import Eps, ThreatModel, positive_eps
+from robust.base.threat import Eps, ThreatModel, positive_eps
+from robust.methods.base import Method, WarmupUnit, finite_nonnegative
 
 
 def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -129,9 +128,7 @@ class _Regularised(_Attacking):
         warmup_unit: WarmupUnit = "epochs",
     ) -> None:
         super().__init__(threat, warmup, warmup_unit)
-        if not math.isfinite(beta) or beta < 0:
-            raise ValueError(f"beta must be a finite number >= 0, got {beta}")
-        self.beta = float(beta)
+        self.beta = finite_nonnegative(beta, "beta")
         self.steps = _steps(steps)
         self.step_size = _step(step_size, "step_size")
 

@@ -8,10 +8,18 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from robust.spec import Recorded
-from robust.threat import ThreatModel
+from robust.base.spec import Recorded
+from robust.base.threat import ThreatModel
 
 WarmupUnit = Literal["epochs", "steps"]
+
+
+def finite_nonnegative(value: float, field: str) -> float:
+    """``value`` as a float; a ``ValueError`` naming ``field`` unless it is finite and >= 0 (a NaN or
+    infinite warm-up would silently keep eps at 0 forever)."""
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{field} must be a finite number >= 0, got {value}")
+    return float(value)
 
 
 class Method(Recorded):
@@ -32,11 +40,9 @@ class Method(Recorded):
     attack_mode: Literal["train", "eval"] = "train"
 
     def __init__(self, warmup: float = 0, warmup_unit: WarmupUnit = "epochs") -> None:
-        if not math.isfinite(warmup) or warmup < 0:  # NaN/inf would silently keep eps at 0 forever
-            raise ValueError(f"warmup must be a finite number >= 0, got {warmup}")
+        self.warmup = finite_nonnegative(warmup, "warmup")
         if warmup_unit not in ("epochs", "steps"):
             raise ValueError(f"warmup_unit must be 'epochs' or 'steps', got {warmup_unit!r}")
-        self.warmup = float(warmup)
         self.warmup_unit = warmup_unit
         self.eps_scale = 1.0
 

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from robust.base.spec import Recorded
 from robust.models.normalize import Normalize
 from robust.models.registry import register_model
-from robust.spec import Recorded
 
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from robust.spec import Recorded
+from robust.base.spec import Recorded
 
 
 class Normalize(Recorded, nn.Module):

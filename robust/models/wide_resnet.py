@@ -21,10 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robust.base.spec import Recorded
 from robust.models.normalize import input_layer
 from robust.models.registry import register_model
-from robust.spec import Recorded
-
 
 
 class BasicBlock(nn.Module):

@@ -2,17 +2,23 @@
 a PGD-trained CNN-small checkpoint on digits, a leaderboard database with report and RobustBench
 entries, and what they gave then (logits, hyperparameters, ranked boards). Kept to show how they were
 made; run from a checkout of that commit."""
-import json, sys, shutil
+import json
+import shutil
+import sys
 from pathlib import Path
+
 import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from _helpers import fit_checkpoint
-from robust.data import Digits
-from robust.methods import PGD
-from robust.threat import ThreatModel
+
 from robust.cli import main
-from robust.module import RobustClassifier
+from robust.data import Digits
 from robust.leaderboard import Store, boards, from_report, from_robustbench
+from robust.methods import PGD
+from robust.module import RobustClassifier
+from robust.threat import ThreatModel
+
 out = Path(__file__).resolve().parent; out.mkdir(parents=True, exist_ok=True)
 import tempfile; tmp = Path(tempfile.mkdtemp()); shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
 dm = Digits(batch_size=64)

@@ -16,6 +16,8 @@ import inspect
 import re
 from typing import Any
 
+from robust.base.errors import InputError
+
 ALLOWED_PREFIXES: tuple[str, ...] = ("robust.", "torchvision.models.", "torch.nn.")
 # Functions a spec may name (everything else it names must be a class).
 FACTORIES = frozenset({"robust.models.create"})
@@ -23,10 +25,16 @@ FACTORIES = frozenset({"robust.models.create"})
 CONFIG_PREFIXES: tuple[str, ...] = ALLOWED_PREFIXES + tuple(
     f"lightning.pytorch.{part}." for part in ("callbacks", "loggers", "strategies", "plugins", "profilers",
                                               "accelerators"))
+# Class paths written before the package layout changed, and where they live now: checkpoints and
+# configs that name the old path still load.
+MOVED: dict[str, str] = {
+    "robust.checkpoint_io.": "robust.callbacks.checkpoint_io.",
+    "robust.methods.ibp.": "robust.methods.certified.",
+}
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
 
-class SpecError(ValueError):
+class SpecError(InputError, ValueError):
     """A spec that cannot be rebuilt (not allowlisted, malformed, or failing)."""
 
 
@@ -61,9 +69,18 @@ def check_tree(value: Any, where: str = "", prefixes: tuple[str, ...] = ALLOWED_
             check_tree(item, f"{where}[{i}]", prefixes)
 
 
+def current_path(class_path: str) -> str:
+    """``class_path`` as the package names it now (see :data:`MOVED`)."""
+    for old, new in MOVED.items():
+        if class_path.startswith(old) and not class_path.startswith(new):
+            return new + class_path[len(old):]
+    return class_path
+
+
 def import_object(class_path: str) -> Any:
     """Import ``a.b.C`` after checking it against the allowlist."""
     check_allowed(class_path)
+    class_path = current_path(class_path)
     module_name, _, attr = class_path.rpartition(".")
     try:
         module = importlib.import_module(module_name)

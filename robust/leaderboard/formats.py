@@ -7,18 +7,15 @@ import html
 import io
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from robust.base.state import atomic_write_text
 from robust.leaderboard.ranking import boards as rank_boards
+from robust.reports.format import interval, percent
 
 FORMATS = ("md", "csv", "json", "html")
-
-
-def _interval(ci: Sequence[float] | None) -> str:
-    return "" if not ci else f"[{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
 
 
 def _rank(row: Mapping[str, Any]) -> str:
@@ -46,7 +43,7 @@ def to_markdown(entries: Sequence[Mapping[str, Any]], title: str = "robust leade
             notes = "; ".join(row["reasons"]) if row["unreliable"] else ("external (adaptive attack)"
                                                                             if row["external"] else "")
             lines.append(f"| {_rank(row)} | {_md_text(row['name'])} | {_md_text(row['architecture'])} | "
-                         f"{100 * row['value']:.2f}% | {_interval(row['ci95'])} | {100 * row['clean']:.2f}% | "
+                         f"{percent(row['value'])} | {interval(row['ci95'])} | {percent(row['clean'])} | "
                          f"{_md_text(row['source'])} | {_md_text(notes)} |")
         lines.append("")
     return "\n".join(lines)
@@ -96,14 +93,7 @@ def render(entries: Sequence[Mapping[str, Any]], fmt: str, title: str = "robust 
 def write(entries: Sequence[Mapping[str, Any]], fmt: str, path: str | os.PathLike,
           title: str = "robust leaderboard") -> Path:
     """Render and write atomically (a failure leaves an earlier file untouched)."""
-    text = render(entries, fmt, title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                     delete=False, newline="") as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
-    return path
+    return atomic_write_text(path, render(entries, fmt, title))
 
 
 def read_json(path: str | os.PathLike) -> list[dict[str, Any]]:

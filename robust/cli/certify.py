@@ -29,19 +29,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from robust import distributed
-from robust.cli import ArgumentParser
-from robust.evaluate_cli import (
-    UsageError, _json_arg, add_run_arguments, add_source_arguments, check_run_arguments, describe_model, load_data,
-    load_model, wandb_project,
-)
+from robust.cli.options import (
+    ArgumentParser, UsageError, add_run_arguments, add_source_arguments, attack_names, check_run_arguments,
+    describe_model, json_arg, load_source, parse_args, resolve_threats, resume_state, wandb_project, wandb_run)
 
 STATE_NAME = "certify_state.jsonl"
 
 
 def parser() -> argparse.ArgumentParser:
-    from robust.attacks.evaluation import list_attacks
-
     p = ArgumentParser(
         prog="robust certify",
         description="Certify robustness: randomized smoothing (L2 radii, Cohen et al. 2019) or bound propagation "
@@ -68,7 +63,7 @@ def parser() -> argparse.ArgumentParser:
     bp = p.add_argument_group("bound propagation (ibp, crown)")
     bp.add_argument("--eps", help="comma-separated L-inf radii, e.g. 0.1 or 2/255,8/255; default: the checkpoint's")
     bp.add_argument("--attack", default="pgd",
-                    help=f"attack that falsifies unproven examples ({', '.join(list_attacks())}, or none)")
+                    help=f"attack that falsifies unproven examples ({attack_names()}, or none)")
     bp.add_argument("--attack-options", default="{}", help='JSON settings of the attack, e.g. \'{"steps": 100}\'')
     bp.add_argument("--evaluation", help="a robust evaluate report.json of the same model and threat: check "
                                          "certified <= its robust accuracy <= clean, per example when possible")
@@ -77,32 +72,33 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _floats(text: str, name: str) -> list[float]:
-    from robust.threat import parse_eps
+def _radii(text: str, name: str) -> list[float]:
+    """Comma-separated L2 radii (each finite and >= 0: radius 0 is the smoothed classifier's accuracy)."""
+    from robust.base.threat import parse_radius
 
     try:
-        return [float(parse_eps(v.strip())) for v in text.split(",") if v.strip()]
+        radii = [parse_radius(v.strip(), name, "L2 radius in pixel units") for v in text.split(",") if v.strip()]
     except (ValueError, TypeError) as err:
-        raise UsageError(f"{name} must be comma-separated numbers, got {text!r} ({err})") from None
+        raise UsageError(f"{name} must be comma-separated radii >= 0, got {text!r} ({err})") from None
+    if not radii:
+        raise UsageError(f"{name} names no radius, got {text!r}")
+    return radii
 
 
 def run(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
-    args.prog = "robust certify"
+    args = parse_args(parser(), argv)
+    from robust.base import distributed
     from robust.certify import report as certification
 
-    x, y, num_classes, data_desc = load_data(args)
-    model, ckpt_threat, ckpt_method = load_model(args, num_classes)
+    x, y, data_desc, model, ckpt_threat, ckpt_method = load_source(args)
     if args.method == "smoothing":
         sigma = args.sigma if args.sigma is not None else getattr(ckpt_method, "sigma", None)
         if sigma is None:
             raise UsageError("give --sigma (this model was not trained with GaussianNoise)")
-        radii = _floats(args.radii, "--radii")
+        radii = _radii(args.radii, "--radii")
     else:
-        if args.eps is None and (ckpt_threat is None or ckpt_threat.norm != "linf"):
-            raise UsageError("give --eps (this model carries no L-inf threat model)")
-        eps = _floats(args.eps, "--eps") if args.eps is not None else [float(ckpt_threat.eps)]
-        attack_options = _json_arg(args.attack_options, "--attack-options")
+        eps = [threat.eps for threat in resolve_threats(args, ckpt_threat, norm="linf")]
+        attack_options = json_arg(args.attack_options, "--attack-options")
         evaluation = _read_report(args.evaluation) if args.evaluation else None
     wandb_project(args)  # refuses a bad combination before the ranks start
     device = distributed.init_from_env(check_run_arguments(args))
@@ -116,12 +112,8 @@ def run(argv: list[str]) -> int:
         if main:
             out.mkdir(parents=True, exist_ok=True)
         if args.method == "smoothing":
-            state = out / STATE_NAME
+            state = resume_state(args, out, STATE_NAME, main)
             if main:
-                if args.fresh and state.exists():
-                    state.unlink()
-                if state.exists():
-                    print(f"robust certify: resuming from {state}", file=sys.stderr)
                 print(f"certifying {args.checkpoint or args.model} on {data_desc}: {n} images, randomized "
                       f"smoothing sigma {sigma:g}, n0 {args.n0}, n {args.n}, alpha {args.alpha}{processes}",
                       file=sys.stderr)
@@ -152,24 +144,15 @@ def run(argv: list[str]) -> int:
 
 def _write(args: argparse.Namespace, report: dict, out: Path, data_desc: str, model: Any, method: Any) -> None:
     """Report files, the wandb run and the summary on stdout (rank 0 of a torchrun run alone)."""
-    from robust.certify import report as certification
+    from robust.reports.certification import log_certification, write_certification
 
     report["protocol"].update(data=data_desc, **describe_model(args, model, method))
-    run_ = None
-    if wandb_project(args):
-        from robust.tracking import run_path, start_run
-
-        run_ = start_run(args.wandb_project, out, "certify", {"method": report["method"], **report["protocol"]})
-        report["protocol"]["wandb_run"] = run_path(run_)  # a leaderboard entry keeps it
-    written = certification.write_certification(report, out)
-    state = out / STATE_NAME
-    if state.exists():
-        state.unlink()
-    if run_ is not None:
-        from robust.tracking import finish_run
-
-        certification.log_certification(report, run_, images=written)
-        finish_run(run_)
+    config = {"method": report["method"], **report["protocol"]}
+    with wandb_run(args, out, "certify", config, record=report["protocol"]) as run_:
+        written = write_certification(report, out)
+        (out / STATE_NAME).unlink(missing_ok=True)
+        if run_ is not None:
+            log_certification(report, run_, images=written)
     _print_summary(report, written)
 
 
@@ -187,7 +170,7 @@ def _read_report(path: str) -> dict[str, Any]:
 
 
 def _print_summary(report: dict, written: dict[str, Path]) -> None:
-    from robust.evaluation.render import fmt_accuracy
+    from robust.reports.format import fmt_accuracy
 
     print(f"clean accuracy:     {fmt_accuracy(report['clean'])}")
     if report["method"] == "smoothing":

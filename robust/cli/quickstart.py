@@ -10,40 +10,52 @@ random start), an attack independent of the one used in training.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from robust.evaluation.stats import clopper_pearson
-
+from robust.base.state import atomic_write_text
 
 RECIPES = {"pgd": "digits/pgd_cnnmedium.yaml", "standard": "digits/standard_cnnmedium.yaml"}
 
 
+def recipes_dir() -> Path:
+    """The repository's ``recipes/`` folder (the package is installed in editable mode)."""
+    return Path(__file__).resolve().parents[2] / "recipes"
+
+
 def run_recipe(recipe: Path, out: Path, epochs: int | None, progress: bool, wandb: bool = True,
-               project: str | None = None) -> dict[str, Any]:
-    """Fit ``recipe`` into ``out``, then test its best checkpoint; return the measured figures."""
-    from robust.cli import _lightning_cli
+               project: str | None = None, verbose: bool = False) -> dict[str, Any]:
+    """Fit ``recipe`` into ``out``, then test its best checkpoint; return the measured figures.
+
+    The console shows one bar for the training and one for the test; ``verbose`` shows Lightning's
+    own per-step bars, info lines and warnings instead."""
+    from robust.base.stats import clopper_pearson
+    from robust.cli.lightning import PhaseProgress, build_cli, quiet_framework
 
     args = ["--config", str(recipe), "--trainer.default_root_dir", str(out),
-            "--trainer.enable_progress_bar", str(progress).lower()]
+            "--trainer.enable_progress_bar", str(progress and verbose).lower()]
     args += ["--trainer.logger.init_args.save_dir", str(out)] if wandb else ["--trainer.logger", "false"]
     if wandb and project:
         args += ["--trainer.logger.init_args.project", project]
     if epochs is not None:
         args += ["--trainer.max_epochs", str(epochs)]
-    cli = _lightning_cli(args, run=False)
-    trainer, model, data = cli.trainer, cli.model, cli.datamodule
-    start = time.perf_counter()
-    trainer.fit(model, datamodule=data)
-    fit_seconds = time.perf_counter() - start
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    metrics = trainer.test(model, datamodule=data, ckpt_path=best or None, verbose=False)[0]
-    n = len(data.test_dataloader().dataset)
-    logger = trainer.logger
-    run_dir = logger.finish() if hasattr(logger, "finish") else None
+    with contextlib.nullcontext() if verbose else quiet_framework():
+        cli = build_cli(args, run=False)
+        trainer, model, data = cli.trainer, cli.model, cli.datamodule
+        if progress and not verbose:
+            trainer.callbacks.append(PhaseProgress())
+        start = time.perf_counter()
+        trainer.fit(model, datamodule=data)
+        fit_seconds = time.perf_counter() - start
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        metrics = trainer.test(model, datamodule=data, ckpt_path=best or None, verbose=False)[0]
+        n = len(data.test_dataloader().dataset)
+        logger = trainer.logger
+        run_dir = logger.finish() if hasattr(logger, "finish") else None
     threat = model.eval_threat
     clean = round(metrics["test/clean_acc"] * n)
     robust = round(metrics["test/robust_acc"] * n)
@@ -75,8 +87,8 @@ def leaderboard_entry(name: str, result: dict[str, Any]) -> dict[str, Any]:
 
     import torch
 
-    from robust.evaluation.core import versions
-    from robust.evaluation.stats import accuracy_record
+    from robust.base.provenance import versions
+    from robust.base.stats import accuracy_record
 
     n, attack = result["n_examples"], result["attack"]
     ckpt = Path(result["checkpoint"]) if result["checkpoint"] else None
@@ -96,7 +108,7 @@ def leaderboard_entry(name: str, result: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from robust.cli import ArgumentParser
+    from robust.cli.options import ArgumentParser
 
     parser = ArgumentParser(prog="robust quickstart", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -104,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override the recipes' max_epochs")
     parser.add_argument("--skip-standard", action="store_true", help="train only the PGD model")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Lightning's per-step progress bars, info lines and warnings")
     parser.add_argument("--no-wandb", action="store_true", help="train without the recipes' wandb logger")
     parser.add_argument("--wandb-project", help="wandb project of the training runs (default: the recipes', robust)")
     parser.add_argument("--leaderboard", default=None,
@@ -111,8 +125,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
-
-    from robust.cli import recipes_dir
 
     os.environ.setdefault("WANDB_SILENT", "true")
     out = Path(args.out)
@@ -125,10 +137,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"recipe not found: {recipe} (install the repository with `pip install -e .`)")
         print(f"\n== training {RECIPES[name]} ==", flush=True)
         results[name] = run_recipe(recipe, out / name, args.epochs, not args.no_progress, wandb=not args.no_wandb,
-                                   project=args.wandb_project)
+                                   project=args.wandb_project, verbose=args.verbose)
 
     path = out / "results.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(results, indent=2) + "\n")
     attack = results["pgd"]["attack"]
     print(f"\nHeld-out digits test split ({results['pgd']['n_examples']} images), "
           f"torchattacks PGD-{attack['steps']} at L-inf eps={attack['eps']:g} "
@@ -145,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  results: {path}")
 
     from robust.leaderboard import Store
-    from robust.leaderboard.export import write
+    from robust.leaderboard.formats import write
 
     store = Store(args.leaderboard)
     for name, r in results.items():

@@ -18,10 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from robust.attacks.evaluation import build_attack, check_images
-from robust.evaluation.stats import accuracy_record
-from robust.runtime import batched_logits, eval_mode
-from robust.threat import ThreatModel
+from robust.attacks.independent import build_attack
+from robust.base.batching import check_images
+from robust.base.runtime import batched_logits, eval_mode
+from robust.base.stats import accuracy_record
+from robust.base.threat import ThreatModel
 
 FORMATS = ("onnx", "torchscript")
 FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
@@ -117,7 +118,7 @@ def verify_export(model: nn.Module, exported: dict[str, Path], x: torch.Tensor, 
             "clean": accuracy_record(int((out.argmax(1) == y).sum()), n), "robust": robust,
             "robust_gap": gap, "ok": bool(agree == 1.0 and gap <= tolerance + 1e-12),
         }
-    return {"threat": {"norm": threat.norm, "eps": float(threat.eps), "eps_str": repr(threat.eps)},
+    return {"threat": threat.to_dict(),
             "attack": {"name": attack, "settings": attacker.settings}, "n_examples": n, "tolerance": tolerance,
             "original": original, "exported": results, "ok": all(r["ok"] for r in results.values()),
             "seconds": time.perf_counter() - start, "versions": _versions()}

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from robust.cli import ArgumentParser
+from robust.cli.options import ArgumentParser
 from robust.leaderboard.entry import THREATS, EntryError
 
 
@@ -52,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
 def load_entries(path: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Entries from one file: our report, a RobustBench record or a leaderboard JSON export."""
     from robust.leaderboard.entry import from_report
-    from robust.leaderboard.export import read_json
+    from robust.leaderboard.formats import read_json
     from robust.leaderboard.robustbench import read_robustbench
 
     if not path.is_file():
@@ -97,7 +97,7 @@ def run(argv: list[str]) -> int:
     if args.action == "show":
         _print_boards(entries)
         return 0
-    from robust.leaderboard.export import write
+    from robust.leaderboard.formats import write
 
     out = Path(args.out or f"runs/leaderboard.{args.format}")
     write(entries, args.format, out, title=args.title)

@@ -15,21 +15,20 @@ import json
 import sys
 from pathlib import Path
 
-from robust.cli import ArgumentParser
-from robust.evaluate_cli import UsageError, _json_arg, add_source_arguments, load_data, load_model
+from robust.base.state import atomic_write_text
+from robust.cli.options import (
+    ArgumentParser, UsageError, add_source_arguments, add_threat_arguments, attack_names, json_arg, load_source,
+    parse_args, resolve_threat)
 
 
 def parser() -> argparse.ArgumentParser:
-    from robust.attacks.evaluation import list_attacks
-
     p = ArgumentParser(prog="robust export", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_arguments(p)
     p.add_argument("--formats", default="onnx,torchscript", help="comma-separated: onnx, torchscript")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset")
-    p.add_argument("--norm", choices=("linf", "l2"), help="default: the checkpoint's threat model")
-    p.add_argument("--eps", help="default: the checkpoint's")
-    p.add_argument("--attack", default="pgd", help=f"attack crafted on the original ({', '.join(list_attacks())})")
+    add_threat_arguments(p, "default: the checkpoint's threat model", "default: the checkpoint's")
+    p.add_argument("--attack", default="pgd", help=f"attack crafted on the original ({attack_names()})")
     p.add_argument("--attack-options", default="{}", help='JSON settings of the attack, e.g. \'{"steps": 50}\'')
     p.add_argument("--n-examples", type=int, default=500, help="images to verify on")
     p.add_argument("--tolerance", type=float, default=0.5, help="allowed robust-accuracy gap, in points")
@@ -40,10 +39,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
-    args.prog = "robust export"
-    from robust.export import FORMATS, export_model, verify_export
-    from robust.threat import ThreatModel
+    args = parse_args(parser(), argv)
+    from robust.deploy.export import FORMATS, export_model, verify_export
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     if not formats or any(f not in FORMATS for f in formats):
@@ -52,19 +49,15 @@ def run(argv: list[str]) -> int:
         raise UsageError("--n-examples and --batch-size must be >= 1")
     if not 0 <= args.tolerance <= 100:
         raise UsageError(f"--tolerance is in points, between 0 and 100, got {args.tolerance}")
-    x, y, num_classes, data_desc = load_data(args)
-    model, ckpt_threat, _ = load_model(args, num_classes)
-    if args.eps is None and ckpt_threat is None:
-        raise UsageError("no threat model: give --norm and --eps (this model carries none)")
-    threat = ThreatModel(args.norm or (ckpt_threat.norm if ckpt_threat else "linf"),
-                         args.eps if args.eps is not None else ckpt_threat.eps)
+    x, y, data_desc, model, ckpt_threat, _ = load_source(args)
+    threat = resolve_threat(args, ckpt_threat)
     x, y = x[:args.n_examples], y[:args.n_examples]
     out = Path(args.out)
     files = export_model(model, x[:min(len(x), 8)], out, formats, opset=args.opset)
-    report = verify_export(model, files, x, y, threat, args.attack, _json_arg(args.attack_options, "--attack-options"),
+    report = verify_export(model, files, x, y, threat, args.attack, json_arg(args.attack_options, "--attack-options"),
                            batch_size=args.batch_size, seed=args.seed, tolerance=args.tolerance / 100)
     report.update(source=args.checkpoint or args.model, data=data_desc)
-    (out / "export.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "export.json", json.dumps(report, indent=2) + "\n")
     orig = report["original"]
     print(f"original:     clean {100 * orig['clean']['accuracy']:.2f}%  robust {100 * orig['robust']['accuracy']:.2f}% "
           f"({args.attack} at {threat.norm} eps {threat.eps!r}, {report['n_examples']} images)")

@@ -3,22 +3,15 @@ Bound Propagation for Training Verifiably Robust Models"); images in [0, 1], L-i
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robust.base.threat import Eps, ThreatModel, positive_eps
 from robust.certify.ibp import certified, elided_bounds
-from robust.methods.base import Method, WarmupUnit
-from robust.threat import Eps, ThreatModel, positive_eps
-
-
-def _finite_nonneg(value: float, field: str) -> float:
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{field} must be a finite number >= 0, got {value}")
-    return float(value)
+from robust.methods.base import Method, WarmupUnit, finite_nonnegative
 
 
 class IBP(Method):
@@ -58,7 +51,7 @@ class IBP(Method):
         if not 0.0 <= kappa_end <= 1.0:
             raise ValueError(f"kappa_end must lie in [0, 1], got {kappa_end}")
         self.kappa_end = float(kappa_end)
-        self.ramp = _finite_nonneg(ramp, "ramp")
+        self.ramp = finite_nonnegative(ramp, "ramp")
         self.eps_train = float(self.threat.eps) if eps_train is None else positive_eps(eps_train, "eps_train")
         self.eps_scale = 0.0 if self.warmup + self.ramp > 0 else 1.0
 

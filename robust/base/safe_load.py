@@ -2,7 +2,7 @@
 
 ``torch.load`` of a pickle calls whatever the pickle names, so every ``.ckpt``/``.pt`` is read
 with ``weights_only=True`` (tensors and plain data only). A checkpoint's hyperparameters are
-then checked against the allowlist of :mod:`robust.spec` before Lightning (or jsonargparse,
+then checked against the allowlist of :mod:`robust.base.spec` before Lightning (or jsonargparse,
 which Lightning hands them to when a checkpoint names an ``_instantiator``) imports anything.
 """
 
@@ -18,13 +18,14 @@ from typing import Any
 
 import torch
 
-from robust import spec as specs
+from robust.base import spec as specs
+from robust.base.errors import InputError
 
 _BLOCKED = re.compile(r"(unsupported GLOBAL [^\s]+|Unsupported global: [^\s]+|Unsupported operand [^\s]+)",
                       re.IGNORECASE)
 
 
-class UnsafeFileError(ValueError):
+class UnsafeFileError(InputError, ValueError):
     """A file that cannot be loaded as tensors and plain data: it needs code to load, or it is
     not a PyTorch file at all."""
 

@@ -1,42 +1,30 @@
-"""Human output for robustness reports: Markdown, PNG plots (matplotlib Agg, no pyplot) and wandb logging.
+"""The evaluation report of ``robust evaluate``: Markdown, PNG plots (matplotlib Agg, no pyplot) and wandb logging.
 
-Every accuracy is an ``accuracy_record`` (see :mod:`robust.evaluation.stats`) and is printed as
-``"64.33% [58.61, 69.77] (193/300)"``: the accuracy, its 95% Clopper-Pearson interval and its sample.
+Reads the dict of :meth:`robust.evaluation.RobustnessReport.to_dict`; every accuracy reads
+``"64.33% [58.61, 69.77] (193/300)"`` (:func:`robust.reports.format.fmt_accuracy`).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import tempfile
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-__all__ = [
-    "fmt_accuracy", "threat_label", "plot_eps_sweep", "plot_per_class", "plot_examples", "plot_corruptions",
-    "render_markdown", "write_report", "write_staged", "write_json", "log_to_wandb",
-]
+from robust.reports.files import json_text, write_staged
+from robust.reports.format import (
+    MISSING, eps_label, fmt_accuracy, fmt_value, metric_key, norm_label, percent, short_settings, threat_label)
+from robust.reports.markdown import (
+    class_label, class_name, image, per_class_rows, per_class_section, protocol_section, table, weakest)
+from robust.reports.plots import CLEAN_COLOR, RIGHT_COLOR, ROBUST_COLOR, WRONG_COLOR, figure, save, yerr
 
-DPI = 120
-CLEAN_COLOR, ROBUST_COLOR = "#4c72b0", "#dd8452"
-_NORMS = {"linf": "L∞", "l2": "L2"}
-_KINDS = {"patch": "adversarial patch", "spatial": "spatial transformation", "corruptions": "common corruptions"}
-_THREAT_KEYS = {"kind", "norm", "eps", "eps_str"}
+__all__ = ["plot_eps_sweep", "plot_per_class", "plot_examples", "plot_corruptions", "render_markdown", "write_report",
+           "log_to_wandb"]
+
 _IMAGE_FILES = {"eps_sweep": "eps_sweep.png", "per_class": "per_class.png", "examples": "examples.png",
                 "corruptions": "corruptions.png"}
-
-
-# ------------------------------------------------------------------------------------------ formatting
-
-
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.2f}%"
 
 
 def _acc(value: Mapping | float) -> float:
@@ -44,121 +32,7 @@ def _acc(value: Mapping | float) -> float:
     return float(value["accuracy"]) if isinstance(value, Mapping) else float(value)
 
 
-def fmt_accuracy(record: Mapping | None, fallback: float | None = None) -> str:
-    """``"64.33% [58.61, 69.77] (193/300)"``; just the percentage when only ``fallback`` is known."""
-    if isinstance(record, (int, float)) and not isinstance(record, bool):
-        return _pct(float(record))
-    if not record:
-        return _pct(fallback)
-    text = _pct(record.get("accuracy"))
-    ci = record.get("ci95")
-    if ci and len(ci) == 2 and None not in ci:
-        text += f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
-    if record.get("n") is not None:
-        text += f" ({record.get('correct', '?')}/{record['n']})"
-    return text
-
-
-def _value(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
-    return str(value)
-
-
-def _short_settings(settings: Mapping | None, skip: Collection[str] = ()) -> str:
-    """``"eps=8/255, alpha=2/255, steps=10"``: scalars and lists, ``<key>_str`` preferred over ``<key>``."""
-    if not settings:
-        return ""
-    parts = []
-    for key, value in settings.items():
-        if key in skip or isinstance(value, Mapping) or value is None:
-            continue
-        if key.endswith("_str") and key[:-4] in settings:
-            continue
-        shown = settings.get(f"{key}_str") or value
-        parts.append(f"{key}={shown if isinstance(shown, str) else _value(shown)}")
-    return ", ".join(parts)
-
-
-def threat_label(threat: Mapping | None) -> str:
-    """A short name for a threat model: ``"L∞ ε = 8/255"``, ``"adversarial patch (size=0.1)"``."""
-    if not threat:
-        return "unknown threat model"
-    kind = threat.get("kind")
-    norm = threat.get("norm") or (kind if kind in _NORMS else None)
-    if norm in _NORMS:
-        eps = threat.get("eps_str") or (None if threat.get("eps") is None else _value(float(threat["eps"])))
-        label = _NORMS[norm] + (f" ε = {eps}" if eps else "")
-        return label if kind in _NORMS or kind is None else f"{_KINDS.get(kind, kind)}, {label}"
-    extra = _short_settings(threat, skip=_THREAT_KEYS | {"corruptions", "severities"})
-    label = _KINDS.get(kind, str(kind))
-    return f"{label} ({extra})" if extra else label
-
-
-def _norm_label(threat: Mapping | None) -> str:
-    """``"L∞ threat model"`` for a norm-bounded threat, without its ε (a sweep varies it)."""
-    norm = (threat or {}).get("norm") or (threat or {}).get("kind")
-    return f"{_NORMS[norm]} threat model" if norm in _NORMS else threat_label(threat)
-
-
-def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return lines
-
-
-def _class_name(index: int, class_names: Sequence[str] | None) -> str:
-    if class_names and 0 <= index < len(class_names):
-        return str(class_names[index])
-    return ""
-
-
-def _class_label(index: int, class_names: Sequence[str] | None) -> str:
-    name = _class_name(index, class_names)
-    return f"{index} ({name})" if name else str(index)
-
-
-def _per_class_rows(per_class: Mapping | None) -> list[tuple[int, Mapping]]:
-    return sorted(((int(k), v) for k, v in (per_class or {}).items()), key=lambda item: item[0])
-
-
-def _weakest(rows: list[tuple[int, Mapping]], k: int = 3) -> set[int]:
-    """Indices of the ``k`` classes with the lowest robust accuracy (never all of them)."""
-    scored = [(r["robust"]["accuracy"], i) for i, r in rows if r.get("robust") and r.get("n", 1)]
-    return {i for _, i in sorted(scored)[: min(k, len(scored) - 1)]}
-
-
 # --------------------------------------------------------------------------------------------- plots
-
-
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
-    return path
-
-
-def _yerr(records: Sequence[Mapping]) -> np.ndarray:
-    acc = np.array([r["accuracy"] for r in records])
-    lo = np.array([r.get("ci95", [a, a])[0] for r, a in zip(records, acc)])
-    hi = np.array([r.get("ci95", [a, a])[1] for r, a in zip(records, acc)])
-    return 100 * np.clip(np.stack([acc - lo, hi - acc]), 0, None)
 
 
 def plot_eps_sweep(sweep: list[dict], path: str | os.PathLike, title: str | None = None,
@@ -168,16 +42,16 @@ def plot_eps_sweep(sweep: list[dict], path: str | os.PathLike, title: str | None
     eps = np.array([p["eps"] for p in points], dtype=float)
     records = [p["robust"] for p in points]
     acc = 100 * np.array([r["accuracy"] for r in records])
-    err = _yerr(records)
-    fig = _figure(7, 4.5)
+    err = yerr(records)
+    fig = figure(7, 4.5)
     ax = fig.add_subplot()
     ax.fill_between(eps, acc - err[0], acc + err[1], color=ROBUST_COLOR, alpha=0.25, label="95% CI")
     ax.errorbar(eps, acc, yerr=err, color=ROBUST_COLOR, marker="o", capsize=3, label="robust accuracy")
     clean = clean or next((p["clean"] for p in points if p.get("clean")), None)
     if clean:
         ax.axhline(100 * clean["accuracy"], color=CLEAN_COLOR, linestyle="--",
-                   label=f"clean accuracy {_pct(clean['accuracy'])}")
-    ax.set_xticks(eps, [p.get("eps_str") or _value(p["eps"]) for p in points],
+                   label=f"clean accuracy {percent(clean['accuracy'])}")
+    ax.set_xticks(eps, [eps_label(p) for p in points],
                   rotation=45 if len(points) > 6 else 0)
     ax.set_xlabel("perturbation budget ε (input scale [0, 1])")
     ax.set_ylabel("accuracy (%)")
@@ -185,22 +59,22 @@ def plot_eps_sweep(sweep: list[dict], path: str | os.PathLike, title: str | None
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     ax.set_title(title or "Robust accuracy vs perturbation budget ε")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_per_class(per_class: dict, path: str | os.PathLike, class_names: Sequence[str] | None = None,
                    title: str | None = None) -> Path:
     """Grouped bars of clean and robust accuracy per class (sorted by index) with 95% CI error bars."""
-    rows = _per_class_rows(per_class)
-    labels = [_class_label(i, class_names) for i, _ in rows]
+    rows = per_class_rows(per_class)
+    labels = [class_label(i, class_names) for i, _ in rows]
     x = np.arange(len(rows))
     many = len(rows) > 12 or max((len(s) for s in labels), default=0) > 10
-    fig = _figure(max(7.0, 0.32 * len(rows) + 2.5), 5.5 if many else 4.5)
+    fig = figure(max(7.0, 0.32 * len(rows) + 2.5), 5.5 if many else 4.5)
     ax = fig.add_subplot()
     for offset, key, color in ((-0.2, "clean", CLEAN_COLOR), (0.2, "robust", ROBUST_COLOR)):
         records = [r.get(key) or {"accuracy": 0.0, "ci95": [0.0, 0.0]} for _, r in rows]
         ax.bar(x + offset, [100 * r["accuracy"] for r in records], width=0.4, color=color, label=key,
-               yerr=_yerr(records), capsize=2 if len(rows) > 20 else 3, error_kw={"elinewidth": 0.8})
+               yerr=yerr(records), capsize=2 if len(rows) > 20 else 3, error_kw={"elinewidth": 0.8})
     ax.set_xticks(x, labels, rotation=60 if many else 0, ha="right" if many else "center",
                   fontsize=7 if len(rows) > 20 else 9)
     ax.set_xlim(-0.7, len(rows) - 0.3)
@@ -211,7 +85,7 @@ def plot_per_class(per_class: dict, path: str | os.PathLike, class_names: Sequen
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper right", ncols=2, fontsize=8)
     ax.set_title(title or "Per-class accuracy (bars: 95% CI)")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _image(t) -> np.ndarray:
@@ -240,7 +114,7 @@ def plot_examples(x, x_adv, y, pred_clean, pred_adv, path: str | os.PathLike,
     kw = {"interpolation": "nearest" if max(height, width) < 64 else "antialiased", "vmin": 0.0, "vmax": 1.0}
     if x.shape[1] == 1:
         kw["cmap"] = "gray"
-    fig = _figure(max(4.0, 1.7 * n + 1.2), 6.2)
+    fig = figure(max(4.0, 1.7 * n + 1.2), 6.2)
     axes = fig.subplots(3, n, squeeze=False)
     rows = ((x[:n], "clean"), (x_adv[:n], "adversarial"), (0.5 + amp * delta, f"perturbation ×{amp:.3g}\n(0.5 = none)"))
     for r, (images, label) in enumerate(rows):
@@ -254,11 +128,11 @@ def plot_examples(x, x_adv, y, pred_clean, pred_adv, path: str | os.PathLike,
             if r == 0:
                 fooled = pred_adv[c] != y[c]
                 ax.set_title(f"y={name(y[c])} → {name(pred_adv[c])}\nclean pred: {name(pred_clean[c])}",
-                             fontsize=8, color="#c44e52" if fooled else "#55a868")
+                             fontsize=8, color=WRONG_COLOR if fooled else RIGHT_COLOR)
             if r == 2 and c == 0:
                 ax.set_xlabel(f"max |δ| = {peak:.3g}", fontsize=8)
     fig.suptitle(title or "Adversarial examples (red title: prediction changed to a wrong class)")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _severities(corr: Mapping) -> list[str]:
@@ -282,7 +156,7 @@ def plot_corruptions(corr: dict, path: str | os.PathLike, title: str | None = No
                 grid[i, j] = 100 * record["accuracy"]
         mean = per[c].get("mean")
         grid[i, -1] = np.nan if mean is None else 100 * mean
-    fig = _figure(7.5, max(3.0, 0.38 * len(names) + 1.8))
+    fig = figure(7.5, max(3.0, 0.38 * len(names) + 1.8))
     ax = fig.add_subplot()
     im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
     for (i, j), v in np.ndenumerate(grid):
@@ -298,12 +172,12 @@ def plot_corruptions(corr: dict, path: str | os.PathLike, title: str | None = No
         bar.ax.axhline(100 * clean["accuracy"], color="red", linewidth=2)
         bar.ax.text(1.1, 100 * clean["accuracy"], " clean", color="red", va="center", fontsize=7,
                     transform=bar.ax.get_yaxis_transform())
-    head = f"clean {_pct(clean['accuracy'])}" if clean else ""
+    head = f"clean {percent(clean['accuracy'])}" if clean else ""
     mca = corr.get("mean_corruption_accuracy")
     if mca:
-        head += (", " if head else "") + f"mean corruption {_pct(_acc(mca))}"
+        head += (", " if head else "") + f"mean corruption {percent(_acc(mca))}"
     ax.set_title(title or f"Accuracy under common corruptions ({head or 'no reference'})", fontsize=10)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # ------------------------------------------------------------------------------------------- markdown
@@ -326,16 +200,16 @@ def _md_audit(audit: Mapping | None) -> list[str]:
     if flags:
         lines += ["Flags:", ""]
         lines += [f"- **{f.get('name')}**: {f.get('message', '')} (threshold: {f.get('threshold', '—')}, "
-                  f"value: {_value(f.get('value'))})" for f in flags]
+                  f"value: {fmt_value(f.get('value'))})" for f in flags]
         lines.append("")
     checks = audit.get("checks") or []
     if checks:
-        lines += _table(["check", "result", "threshold", "value", "message"],
+        lines += table(["check", "result", "threshold", "value", "message"],
                         [[c.get("name"), "pass" if c.get("passed") else "**FLAG**", c.get("threshold", "—"),
-                          _value(c.get("value")), c.get("message", "")] for c in checks])
+                          fmt_value(c.get("value")), c.get("message", "")] for c in checks])
         lines.append("")
     share = audit.get("zero_gradient_share")
-    lines += [f"Zero-gradient share: {_pct(share) if share is not None else 'not measured'}", ""]
+    lines += [f"Zero-gradient share: {percent(share) if share is not None else 'not measured'}", ""]
     return lines
 
 
@@ -343,39 +217,17 @@ def _md_attacks(per_attack: Mapping | None) -> list[str]:
     if not per_attack:
         return []
     lines = ["## Attacks", ""]
-    rows = [[name, _short_settings(a.get("settings")) or "—", fmt_accuracy(a.get("robust")),
+    rows = [[name, short_settings(a.get("settings")) or "—", fmt_accuracy(a.get("robust")),
              "—" if a.get("seconds") is None else f"{a['seconds']:.1f} s"] for name, a in per_attack.items()]
-    lines += _table(["attack", "settings", "robust accuracy", "time"], rows) + [""]
+    lines += table(["attack", "settings", "robust accuracy", "time"], rows) + [""]
     for name, a in per_attack.items():
         components = a.get("components")
         if components:
             lines += [f"### {name} components (in order)", ""]
-            lines += _table(["component", "examples broken", "settings"],
-                            [[c, v.get("broken", "—"), _short_settings(v.get("settings")) or "—"]
+            lines += table(["component", "examples broken", "settings"],
+                            [[c, v.get("broken", "—"), short_settings(v.get("settings")) or "—"]
                              for c, v in components.items()]) + [""]
     return lines
-
-
-def _md_per_class(per_class: Mapping | None, class_names: Sequence[str] | None) -> list[str]:
-    rows = _per_class_rows(per_class)
-    if not rows:
-        return []
-    weak = _weakest(rows)
-    lines = ["## Per class", ""]
-    if weak:
-        by_index = dict(rows)
-        ranked = sorted(weak, key=lambda i: (by_index[i]["robust"]["accuracy"], i))
-        lines += ["Weakest classes (lowest robust accuracy, in bold): " + ", ".join(
-            f"**{_class_label(i, class_names)}** {_pct(by_index[i]['robust']['accuracy'])}" for i in ranked), ""]
-
-    def bold(text: str, on: bool) -> str:
-        return f"**{text}**" if on else text
-
-    lines += _table(["class", "name", "n", "clean", "robust"],
-                    [[bold(str(i), i in weak), _class_name(i, class_names) or "—", r.get("n", "—"),
-                      fmt_accuracy(r.get("clean")), bold(fmt_accuracy(r.get("robust")), i in weak)]
-                     for i, r in rows])
-    return lines + [""]
 
 
 def _md_confusion(confusion: Sequence[Mapping] | None, class_names: Sequence[str] | None) -> list[str]:
@@ -385,7 +237,7 @@ def _md_confusion(confusion: Sequence[Mapping] | None, class_names: Sequence[str
     top = sorted(confusion, key=lambda c: -c.get("count", 0))[:10]
     if not top:
         return lines + ["No adversarial example changed a prediction.", ""]
-    lines += [f"- {_class_label(c['true'], class_names)} → {_class_label(c['adversarial'], class_names)}: "
+    lines += [f"- {class_label(c['true'], class_names)} → {class_label(c['adversarial'], class_names)}: "
               f"{c['count']}" for c in top]
     return lines + [""]
 
@@ -394,8 +246,8 @@ def _md_sweep(sweep: Sequence[Mapping] | None) -> list[str]:
     if not sweep:
         return []
     lines = ["## ε sweep", ""]
-    lines += _table(["ε", "clean", "robust"],
-                    [[p.get("eps_str") or _value(p.get("eps")), fmt_accuracy(p.get("clean")),
+    lines += table(["ε", "clean", "robust"],
+                    [[eps_label(p), fmt_accuracy(p.get("clean")),
                       fmt_accuracy(p.get("robust"))] for p in sorted(sweep, key=lambda p: p.get("eps") or 0)])
     return lines + [""]
 
@@ -410,8 +262,8 @@ def _md_corruptions(corr: Mapping | None) -> list[str]:
     rows = []
     for name, c in (corr.get("per_corruption") or {}).items():
         per = c.get("per_severity") or {}
-        rows.append([name, _pct(c.get("mean"))] + [_pct((per.get(s) or {}).get("accuracy")) for s in severities])
-    lines += _table(["corruption", "mean"] + [f"severity {s}" for s in severities], rows)
+        rows.append([name, percent(c.get("mean"))] + [percent((per.get(s) or {}).get("accuracy")) for s in severities])
+    lines += table(["corruption", "mean"] + [f"severity {s}" for s in severities], rows)
     return lines + [""]
 
 
@@ -422,40 +274,14 @@ def _md_physical(physical: Mapping | None, class_names: Sequence[str] | None) ->
     lines = ["## Physical threats", ""]
     rows = [[name, threat_label(p.get("threat")), fmt_accuracy(p.get("clean"), p.get("clean_accuracy")),
              fmt_accuracy(p.get("robust"), p.get("robust_accuracy"))] for name, p in present.items()]
-    lines += _table(["threat", "threat model", "clean", "robust"], rows) + [""]
+    lines += table(["threat", "threat model", "clean", "robust"], rows) + [""]
     for name, p in present.items():
-        rows = _per_class_rows(p.get("per_class"))
-        weak = _weakest(rows)
+        rows = per_class_rows(p.get("per_class"))
+        weak = weakest(rows)
         if weak:
             lines.append(f"- {name}: weakest classes " + ", ".join(
-                f"**{_class_label(i, class_names)}** {fmt_accuracy(r['robust'])}" for i, r in rows if i in weak))
+                f"**{class_label(i, class_names)}** {fmt_accuracy(r['robust'])}" for i, r in rows if i in weak))
     return lines + [""]
-
-
-def _md_protocol(report: Mapping) -> list[str]:
-    protocol = report.get("protocol") or {}
-    lines = ["## Protocol", ""]
-    versions = protocol.get("versions") or {}
-    if versions:
-        lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    for key in ("seed", "batch_size", "n_examples", "device"):
-        if protocol.get(key) is not None:
-            lines.append(f"- {key.replace('_', ' ')}: {protocol[key]}")
-    checkpoint = protocol.get("checkpoint")
-    if checkpoint:
-        lines.append(f"- checkpoint: `{checkpoint.get('path', '—')}` sha256 `{checkpoint.get('sha256', '—')}`")
-    elif "checkpoint" in protocol:
-        lines.append("- checkpoint: none (weights not from a file)")
-    if protocol.get("threat"):
-        lines.append(f"- threat: {threat_label(protocol['threat'])}")
-    rest = _short_settings({k: v for k, v in protocol.items()
-                            if k not in {"versions", "seed", "batch_size", "n_examples", "device", "checkpoint",
-                                         "threat", "attacks"}})
-    if rest:
-        lines.append(f"- other: {rest}")
-    if report.get("seconds") is not None:
-        lines.append(f"- total time: {report['seconds']:.1f} s")
-    return lines + [""] if len(lines) > 2 else []
 
 
 def render_markdown(report: dict, images: dict[str, str] | None = None) -> str:
@@ -463,27 +289,27 @@ def render_markdown(report: dict, images: dict[str, str] | None = None) -> str:
     pending = dict(images or {})
 
     def embed(name: str) -> list[str]:
-        return [f"![{name.replace('_', ' ')}]({pending.pop(name)})", ""] if name in pending else []
+        return image(name, pending.pop(name)) if name in pending else []
 
     names = report.get("class_names")
     audit = report.get("audit")
     lines = [f"# Robustness report: {threat_label(report.get('threat'))}", ""]
-    lines += _table(["", "value"], [
+    lines += table(["", "value"], [
         ["clean accuracy", fmt_accuracy(report.get("clean"), report.get("clean_accuracy"))],
         ["robust accuracy", fmt_accuracy(report.get("robust"), report.get("robust_accuracy"))],
-        ["examples", report.get("n_examples", "—")],
+        ["examples", report.get("n_examples", MISSING)],
         ["verdict", _verdict(audit)],
     ]) + [""]
     lines += _md_attacks(report.get("per_attack"))
     lines += _md_audit(audit)
     lines += _md_sweep(report.get("sweep")) + embed("eps_sweep")
-    lines += _md_per_class(report.get("per_class"), names) + embed("per_class")
+    lines += per_class_section(report.get("per_class"), names) + embed("per_class")
     lines += _md_confusion(report.get("confusion"), names)
     if "examples" in pending:
         lines += ["## Examples", ""] + embed("examples")
     lines += _md_corruptions(report.get("corruptions")) + embed("corruptions")
     lines += _md_physical(report.get("physical"), names)
-    lines += _md_protocol(report)
+    lines += protocol_section(report)
     if pending:
         lines += ["## Figures", ""] + [line for name in list(pending) for line in embed(name)]
     return "\n".join(lines).rstrip() + "\n"
@@ -492,50 +318,20 @@ def render_markdown(report: dict, images: dict[str, str] | None = None) -> str:
 # ------------------------------------------------------------------------------------------ files, wandb
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def write_staged(out_dir: str | os.PathLike, render: Callable[[Path], dict[str, Path]]) -> dict[str, Path]:
-    """Run ``render(stage)`` in a hidden staging folder inside ``out_dir``, then move every file it
-    returns into ``out_dir`` with ``os.replace``, in order (put ``report.json`` last): a failure
-    while rendering leaves any earlier report untouched. Returns name -> final path."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out, prefix=".report-") as tmp:
-        paths = render(Path(tmp))
-        result = {}
-        for name, staged in paths.items():
-            with open(staged, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(staged, out / staged.name)
-            result[name] = out / staged.name
-    return result
-
-
-def write_json(report: Mapping, path: Path) -> Path:
-    path.write_text(json.dumps(report, indent=2, default=_json_default) + "\n", encoding="utf-8")
-    return path
-
-
 def write_report(report: dict, out_dir: str | os.PathLike, examples: dict | None = None) -> dict[str, Path]:
     """Write ``report.json``, the plots that apply and ``report.md`` into ``out_dir``; return name → path.
 
     Everything is rendered in a staging folder first (:func:`write_staged`), ``report.json`` last.
     """
     label = threat_label(report.get("threat"))
-    text = json.dumps(report, indent=2, default=_json_default) + "\n"  # fails before anything is drawn
+    text = json_text(report)  # fails before anything is drawn
 
     def render(stage: Path) -> dict[str, Path]:
         made: dict[str, Path] = {}
         sweep = report.get("sweep") or []
         if len(sweep) >= 2:
             made["eps_sweep"] = plot_eps_sweep(sweep, stage / _IMAGE_FILES["eps_sweep"], clean=report.get("clean"),
-                                               title=f"Robust accuracy vs ε ({_norm_label(report.get('threat'))})")
+                                               title=f"Robust accuracy vs ε ({norm_label(report.get('threat'))})")
         if report.get("per_class"):
             made["per_class"] = plot_per_class(report["per_class"], stage / _IMAGE_FILES["per_class"],
                                                report.get("class_names"), title=f"Per-class accuracy ({label})")
@@ -554,10 +350,6 @@ def write_report(report: dict, out_dir: str | os.PathLike, examples: dict | None
     return write_staged(out_dir, render)
 
 
-def _metric_key(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name))
-
-
 def log_to_wandb(report: dict, run, images: dict[str, Path] | None = None) -> None:
     """Log headline metrics to ``run.summary``, per-class and audit tables, and the PNG plots."""
     import wandb
@@ -574,7 +366,7 @@ def log_to_wandb(report: dict, run, images: dict[str, Path] | None = None) -> No
         summary["eval/n_examples"] = report["n_examples"]
     for name, attack in (report.get("per_attack") or {}).items():
         if attack.get("robust"):
-            summary[f"eval/{_metric_key(name)}_accuracy"] = attack["robust"]["accuracy"]
+            summary[f"eval/{metric_key(name)}_accuracy"] = attack["robust"]["accuracy"]
     audit = report.get("audit")
     if audit and audit.get("ran"):
         summary["eval/unreliable"] = bool(audit.get("unreliable"))
@@ -585,25 +377,25 @@ def log_to_wandb(report: dict, run, images: dict[str, Path] | None = None) -> No
         summary["eval/mean_corruption_accuracy"] = _acc(mca)
     for name, p in (report.get("physical") or {}).items():
         if p and p.get("robust"):
-            summary[f"eval/physical_{_metric_key(name)}_accuracy"] = p["robust"]["accuracy"]
+            summary[f"eval/physical_{metric_key(name)}_accuracy"] = p["robust"]["accuracy"]
     run.summary.update(summary)
 
     logged: dict[str, Any] = {}
-    rows = _per_class_rows(report.get("per_class"))
+    rows = per_class_rows(report.get("per_class"))
     if rows:
         names = report.get("class_names")
         logged["eval/per_class"] = wandb.Table(
             columns=["class", "name", "n", "clean", "robust"],
-            data=[[i, _class_name(i, names), int(r.get("n") or 0),
+            data=[[i, class_name(i, names), int(r.get("n") or 0),
                    float((r.get("clean") or {}).get("accuracy", float("nan"))),
                    float((r.get("robust") or {}).get("accuracy", float("nan")))] for i, r in rows])
     if audit and audit.get("checks"):
         logged["eval/audit"] = wandb.Table(
             columns=["check", "passed", "threshold", "value", "message"],
-            data=[[str(c.get("name")), bool(c.get("passed")), str(c.get("threshold", "")), _value(c.get("value")),
+            data=[[str(c.get("name")), bool(c.get("passed")), str(c.get("threshold", "")), fmt_value(c.get("value")),
                    str(c.get("message", ""))] for c in audit["checks"]])
     for name, path in (images or {}).items():
         if Path(path).suffix.lower() == ".png":
-            logged[f"eval/plots/{_metric_key(name)}"] = wandb.Image(str(path), caption=name)
+            logged[f"eval/plots/{metric_key(name)}"] = wandb.Image(str(path), caption=name)
     if logged:
         run.log(logged)

@@ -9,9 +9,11 @@ process that ``torchrun`` did not start (``WORLD_SIZE`` unset or 1) never initia
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from typing import Any, TypeVar
 
 import torch
@@ -22,9 +24,22 @@ DEFAULT_TIMEOUT_S = 600  # a collective waits at most this long for the other ra
 
 T = TypeVar("T")
 
+_LOCAL = contextvars.ContextVar("robust_distributed_local", default=False)
+
 
 def _active() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    return not _LOCAL.get() and dist.is_available() and dist.is_initialized()
+
+
+@contextlib.contextmanager
+def local() -> Iterator[None]:
+    """Inside this block every function here acts as in a single process, process group or not: a
+    rank measures its own data alone (each rank of a DDP test loop evaluates its own batch)."""
+    token = _LOCAL.set(True)
+    try:
+        yield
+    finally:
+        _LOCAL.reset(token)
 
 
 def world() -> tuple[int, int]:
@@ -82,14 +97,14 @@ def init_from_env(device: torch.device | str) -> torch.device:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
         backend = "nccl"
-    if not _active():
+    if not (dist.is_available() and dist.is_initialized()):
         dist.init_process_group(backend, timeout=timeout())
     return device
 
 
 def cleanup() -> None:
     """Leave the process group (no-op without one); ranks may leave while rank 0 still writes."""
-    if _active():
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
