@@ -33,7 +33,7 @@ import torchattacks
 from torch import nn
 
 from robust.attacks.registry import ATTACK_DEFAULTS, Part, list_attacks, plan_attack  # noqa: F401 - re-exported
-from robust.base.batching import check_images  # noqa: F401 - re-exported for callers of the attacks
+from robust.base.batching import check_images
 from robust.base.threat import ThreatModel
 
 

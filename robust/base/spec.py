@@ -28,7 +28,6 @@ CONFIG_PREFIXES: tuple[str, ...] = ALLOWED_PREFIXES + tuple(
 # Class paths written before the package layout changed, and where they live now: checkpoints and
 # configs that name the old path still load.
 MOVED: dict[str, str] = {
-    "robust.checkpoint_io.": "robust.callbacks.checkpoint_io.",
     "robust.methods.ibp.": "robust.methods.certified.",
 }
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")

@@ -140,8 +140,8 @@ class Journal:
     """An append-only resume state at ``path`` for work of one ``kind`` identified by ``key``.
 
     ``load()`` returns ``{index: record}`` of the rounds already finished (empty for a new file) and
-    makes the file ready for appends; ``append({index: record, ...})`` adds one round durably;
-    ``remove()`` deletes the file once the result it feeds is written. ``describe`` names, in the
+    makes the file ready for appends; ``append({index: record, ...})`` adds one round durably. The
+    command deletes the file once the result it feeds is written. ``describe`` names, in the
     refusal message, what a mismatching key covers (e.g. "model, data, threat, attacks, seed").
     """
 
@@ -181,9 +181,6 @@ class Journal:
             handle.write(_frame(records))
             handle.flush()
             os.fsync(handle.fileno())
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
 
 
 def digest(*parts: bytes | str) -> str:

@@ -10,7 +10,6 @@ case (an example is robust only if it survives every attack).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +25,7 @@ from robust.base import distributed
 from robust.base.batching import check_images, collect
 from robust.base.provenance import describe_run
 from robust.base.runtime import eval_mode, model_device, num_classes
-from robust.base.state import fingerprint, model_fingerprint
+from robust.base.state import digest, fingerprint, model_fingerprint
 from robust.base.stats import accuracy_record
 from robust.base.threat import ThreatModel
 from robust.evaluation.masking import run_audit
@@ -91,11 +90,10 @@ def evaluate(
         built = [build_attack(a, threat, n_classes, **options.get(a, {})) for a in attacks]
         settings = {a.name: a.settings for a in built}
         model_sha256 = model_fingerprint(model)
-        key = fingerprint(x, y) + model_sha256 + json.dumps(
-            {"threat": threat.to_dict(), "attacks": settings, "seed": seed, "batch_size": batch_size},
-            sort_keys=True, default=str)
-        key = hashlib.sha256(key.encode()).hexdigest()
         path = Path(state_path) if state_path is not None else None
+        key = None if path is None else digest(fingerprint(x, y), model_sha256, json.dumps(
+            {"threat": threat.to_dict(), "attacks": settings, "seed": seed, "batch_size": batch_size},
+            sort_keys=True, default=str))  # what a resume state must match; only a resumable run needs it
         res = attack_batches(model, x, y, built, batch_size, seed, path, key, progress,
                              f"{'+'.join(attacks)} @ {threat.norm} {threat.eps!r}", on_batch)
         robust, adv_pred, clean, per_class, confusion = summarise(

@@ -31,7 +31,7 @@ def attack_batches(
     batch_size: int,
     seed: int,
     state_path: Path | None,
-    key: str,
+    key: str | None,
     progress: bool,
     desc: str,
     on_batch: Callable[[int, int], None] | None = None,
