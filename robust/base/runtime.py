@@ -11,6 +11,8 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch import nn
 
+from robust.base.errors import InputError
+
 
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (CPU for a stateless model)."""
@@ -55,6 +57,57 @@ def num_classes(model: nn.Module, x: torch.Tensor) -> int:
     """The number of logits ``model`` returns, from one image of ``x`` (moved to the model's device)."""
     with torch.no_grad():
         return int(model(x[:1].to(model_device(model))).shape[1])
+
+
+class ModelDataMismatch(InputError, ValueError):
+    """The model cannot take the data's images, or its logits do not match the data's classes."""
+
+
+def expected_input(model: nn.Module) -> str | None:
+    """What ``model`` takes, as far as its spec or first layer says: ``"1x8x8 images"``,
+    ``"3-channel images"``, ``"64 values per image"``; ``None`` when nothing says."""
+    from robust.base.spec import to_spec
+
+    spec = to_spec(model)
+    args = spec.get("init_args", {}) if isinstance(spec, dict) else {}
+    if isinstance(args, dict) and isinstance(args.get("in_channels"), int) and isinstance(args.get("input_size"), int):
+        return f"{args['in_channels']}x{args['input_size']}x{args['input_size']} images"
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return f"{module.in_channels}-channel images"
+        if isinstance(module, nn.Linear):
+            return f"{module.in_features} values per image"
+    return None
+
+
+def check_fits(model: nn.Module, x: torch.Tensor, num_classes: int | None = None,
+               labels: torch.Tensor | None = None, data: str = "the data") -> int:
+    """Run ``model`` on one image of ``x`` (eval mode, no gradients, on the model's device) and return
+    the number of logits; raise :class:`ModelDataMismatch` naming both sides when the images do not go
+    through, the output is not ``(1, K)``, ``K`` differs from ``num_classes`` (the data's exact class
+    count, where it has one) or a label in ``labels`` is ``>= K``."""
+    shape = "x".join(map(str, x.shape[1:]))
+    wants = expected_input(model)
+    takes = f" (it takes {wants})" if wants and not wants.startswith(f"{shape} ") else ""
+    try:
+        with eval_mode(model), torch.no_grad():
+            out = model(x[:1].to(model_device(model)))
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelDataMismatch(f"the model does not fit {data}: its images are {shape}{takes}; "
+                                f"one forward pass failed: {reason}") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelDataMismatch(f"the model does not fit {data}: on one {shape} image it returns {got}, "
+                                "not (1, number of classes) logits")
+    classes = int(out.shape[1])
+    if num_classes is not None and classes != num_classes:
+        raise ModelDataMismatch(f"the model outputs {classes} classes but {data} has {num_classes}: "
+                                "give a model with a head for this data's classes")
+    if labels is not None and labels.numel() and int(labels.max()) >= classes:
+        raise ModelDataMismatch(f"{data} has label {int(labels.max())} but the model outputs only {classes} "
+                                f"classes (0..{classes - 1})")
+    return classes
 
 
 # --- performance switches (bf16 autocast, channels_last, conv-BN folding, cuDNN autotuning) -------------

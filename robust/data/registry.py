@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -36,4 +37,20 @@ def create_datamodule(name: str, **kwargs: Any) -> RobustDataModule:
     key = name.lower().replace("-", "_") if isinstance(name, str) else name
     if key not in _REGISTRY:
         raise ValueError(f"unknown data set {name!r}; known: {', '.join(list_datamodules())}")
-    return _REGISTRY[key](**kwargs)
+    cls = _REGISTRY[key]
+    accepted = datamodule_arguments(key)
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(f"data set {key!r} takes no argument {', '.join(map(repr, unknown))}; "
+                         f"its arguments: {', '.join(accepted) or 'none'}")
+    try:
+        inspect.signature(cls).bind(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"data set {key!r}: {err}; its arguments: {', '.join(accepted)}") from None
+    return cls(**kwargs)
+
+
+def datamodule_arguments(name: str) -> list[str]:
+    """The keyword arguments the data module registered as ``name`` accepts."""
+    params = inspect.signature(_REGISTRY[name]).parameters.values()
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]

@@ -23,7 +23,7 @@ from torch import nn
 
 from robust.base.spec import Recorded
 from robust.models.normalize import input_layer
-from robust.models.registry import register_model
+from robust.models.registry import forwarded_signature, register_model
 
 
 class BasicBlock(nn.Module):
@@ -103,3 +103,6 @@ register_model("resnet110")(ResNet110)
 def resnet20(num_classes: int = 10, **kwargs: Any) -> CifarResNet:
     """ResNet-20 (3 blocks per stage, 0.27M parameters)."""
     return CifarResNet(20, num_classes=num_classes, **kwargs)
+
+
+resnet20.__signature__ = forwarded_signature(CifarResNet, "depth")  # type: ignore[attr-defined]

@@ -23,7 +23,7 @@ from torch import nn
 
 from robust.base.spec import Recorded
 from robust.models.normalize import input_layer
-from robust.models.registry import register_model
+from robust.models.registry import forwarded_signature, register_model
 
 
 class BasicBlock(nn.Module):
@@ -108,6 +108,7 @@ def _wrn(depth: int, widen_factor: int) -> Callable[..., WideResNet]:
         return WideResNet(depth, widen_factor, num_classes=num_classes, **kwargs)
 
     build.__doc__ = f"WRN-{depth}-{widen_factor}."
+    build.__signature__ = forwarded_signature(WideResNet, "depth", "widen_factor")  # type: ignore[attr-defined]
     return build
 
 
