@@ -7,16 +7,19 @@ loop measures robust accuracy through :func:`robust.evaluation.evaluate` with th
 registry's ``pgd`` (torchattacks-based), an attack independent of the one used in training.
 
 Hyperparameters are stored as plain specs (``class_path`` + ``init_args``), so
-checkpoints load with ``weights_only=True``; specs are rebuilt only from the
-allowlist in :mod:`robust.base.spec`. A model that cannot be described as a spec (a
-user's own module object) is handed back at load time:
+checkpoints load with ``weights_only=True``; specs are rebuilt only within the roles of
+:mod:`robust.base.spec` (a model, a training method, a threat model), checked before anything is
+imported, from the checkpoint and from an ``hparams_file`` alike. A model that cannot be described
+as a spec (a user's own module object) is handed back at load time:
 ``RobustClassifier.load_from_checkpoint(path, model=MyNet())``.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import inspect
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -32,7 +35,7 @@ from robust.base import distributed
 from robust.base import spec as specs
 from robust.base.errors import InputError
 from robust.base.runtime import to_channels_last
-from robust.base.safe_load import UnsafeFileError, check_checkpoint
+from robust.base.safe_load import StateDictMismatchError, check_checkpoint, check_hyper_parameters, state_dict_mismatch
 from robust.base.threat import Eps, ThreatModel
 from robust.evaluation import evaluate
 from robust.methods import Method, Standard
@@ -45,13 +48,19 @@ class CheckpointError(InputError, ValueError):
     """A checkpoint that is not ours, or that cannot be rebuilt safely."""
 
 
+class DataMismatchError(InputError, ValueError):
+    """A model that cannot take the data module's images or has another number of classes."""
+
+
 def _resolve(value: Any, field: str) -> tuple[Any, Any]:
-    """Return ``(object, spec)`` for a constructor argument given as object or spec."""
+    """Return ``(object, spec)`` for a constructor argument given as object or spec; a spec is built
+    within the role of ``field`` (``model`` or ``method``, :data:`robust.base.spec.ROLES`)."""
     if specs.is_spec(value):
         try:
-            return specs.build(value), copy.deepcopy(value)
+            return specs.build(value, role=field), copy.deepcopy(value)
         except specs.SpecError as exc:
-            raise CheckpointError(f"{field}: {exc}") from exc
+            message = str(exc)
+            raise CheckpointError(message if message.startswith(field) else f"{field}: {message}") from exc
     if specs.describable(value):
         return value, specs.to_spec(value)
     return value, None
@@ -71,10 +80,43 @@ def _spec_from_cli(field: str) -> Any:
     if not specs.is_spec(value):
         return None
     try:
-        specs.check_allowed(value["class_path"])
+        specs.check_role(value, field, field)
     except specs.SpecError:
         return None
     return copy.deepcopy(value)
+
+
+def _hparams_file(cls: type, path: Any) -> dict[str, Any]:
+    """The hyperparameters of ``hparams_file`` as keyword arguments that replace all of the
+    checkpoint's (as Lightning's ``hparams_file`` does: a field the file lacks takes its default).
+    YAML is read with ``yaml.safe_load`` (Lightning's reader would build tagged Python objects) and the
+    result is checked like a checkpoint's hyperparameters before anything is built."""
+    import yaml
+
+    file = Path(path)
+    suffix = file.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".csv"):
+        raise CheckpointError(f"hparams_file {file}: a .yaml, .yml or .csv file is required")
+    if not file.is_file():
+        raise FileNotFoundError(f"hparams_file not found: {file.resolve()}")
+    if suffix == ".csv":
+        from lightning.pytorch.core.saving import load_hparams_from_tags_csv
+
+        hparams: Any = load_hparams_from_tags_csv(str(file))
+    else:
+        try:
+            hparams = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"hparams_file {file}: not valid YAML ({first})") from None
+    hparams = {} if hparams is None else hparams
+    if not isinstance(hparams, Mapping):
+        raise CheckpointError(f"hparams_file {file}: expected a mapping of hyperparameters, got "
+                              f"{type(hparams).__name__}")
+    check_hyper_parameters(hparams, file)
+    parameters = {name: p for name, p in inspect.signature(cls.__init__).parameters.items() if name != "self"}
+    replaced = {name: (None if p.default is p.empty else p.default) for name, p in parameters.items()}
+    return {**replaced, **{k: v for k, v in hparams.items() if k in parameters}}
 
 
 class RobustClassifier(pl.LightningModule):
@@ -148,6 +190,7 @@ class RobustClassifier(pl.LightningModule):
         self.model, model_spec = _resolve(model, "model")
         if model_spec is None:
             model_spec = _spec_from_cli("model")
+        model_spec = specs.without_downloads(model_spec)  # the checkpoint holds the weights
         if not isinstance(self.model, nn.Module):
             raise ValueError(f"model must be an nn.Module (or its spec), got {type(self.model).__name__}")
         method = Standard() if method is None else method
@@ -206,6 +249,36 @@ class RobustClassifier(pl.LightningModule):
         )
         self.__dict__["_compiled"] = None  # not a submodule: the checkpoint holds ``self.model`` only
 
+    def check_data(self, datamodule: Any) -> None:
+        """Refuse, before any training or testing, a data module whose images the model cannot take or
+        whose number of classes differs from the model's outputs (one forward pass of a blank image in
+        eval mode, without gradients, and with the random state left as it was)."""
+        shape = [getattr(datamodule, name, None) for name in ("num_classes", "in_channels", "image_size")]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
+            return
+        classes, channels, size = shape
+        param = next(iter(self.model.parameters()), None)
+        if param is not None and param.device.type == "meta":
+            return
+        device = param.device if param is not None else torch.device("cpu")
+        name = type(datamodule).__name__
+        training = self.model.training
+        try:
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                self.model.eval()
+                logits = self.model(torch.zeros(1, channels, size, size, device=device))
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataMismatchError(
+                f"the model ({type(self.model).__name__}) does not take the images of {name} "
+                f"({channels}x{size}x{size}): {first[:200]}; set the model's in_channels/input_size to match") from None
+        finally:
+            self.model.train(training)
+        if isinstance(logits, torch.Tensor) and logits.ndim == 2 and logits.shape[1] != classes:
+            raise DataMismatchError(
+                f"the model ({type(self.model).__name__}) has {logits.shape[1]} outputs but {name} has {classes} "
+                f"classes: set num_classes: {classes} in the model's init_args")
+
     @property
     def net(self) -> nn.Module:
         """The network training and validation run: ``self.model``, or its compiled version."""
@@ -216,6 +289,7 @@ class RobustClassifier(pl.LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
+        self.check_data(getattr(self._trainer, "datamodule", None) if self._trainer is not None else None)
         if self.hparams.get("channels_last"):
             self.model.to(memory_format=torch.channels_last)
         if self.hparams.get("compile") and self._compiled is None:
@@ -225,20 +299,44 @@ class RobustClassifier(pl.LightningModule):
     @override
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
                              strict: bool | None = None, weights_only: bool | None = True, **kwargs: Any) -> "RobustClassifier":
-        """Load with ``weights_only=True`` by default: a checkpoint cannot run code."""
+        """Load with ``weights_only=True`` by default: a checkpoint cannot run code, and nothing it (or
+        ``hparams_file``) names is imported or built unless it is a model, a method or a threat model
+        (:func:`robust.base.spec.check_stored`). A corrupt file (bad CRC, non-finite weights) or weights
+        that do not fit the model are refused with :class:`CheckpointError` naming the file."""
         try:
-            if weights_only is not False:  # class paths checked before Lightning can import anything
-                check_checkpoint(checkpoint_path)
-            return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+            if hparams_file is not None:
+                kwargs = {**_hparams_file(cls, hparams_file), **kwargs}
+            if weights_only is not False:  # verified, and class paths checked, before Lightning can import anything
+                checkpoint = check_checkpoint(checkpoint_path)
+                if not checkpoint.get("hyper_parameters") and "model" not in kwargs:
+                    raise CheckpointError(f"{checkpoint_path}: not a robust checkpoint: it has no hyper_parameters "
+                                          f"(was it written by RobustClassifier?)")
+            return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=None,
                                                 strict=strict, weights_only=weights_only, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - re-raised with the reason a user can act on
-            if isinstance(exc, (CheckpointError, FileNotFoundError)):
+        except Exception as exc:  # re-raised with the reason a user can act on
+            if isinstance(exc, FileNotFoundError):
                 raise
-            if isinstance(exc, UnsafeFileError):
-                raise CheckpointError(str(exc)) from None
-            if isinstance(exc, KeyError) or "hyper_parameters" in str(exc):
-                raise CheckpointError(f"{checkpoint_path}: not a robust checkpoint ({exc})") from exc
+            if isinstance(exc, (InputError, ValueError)):
+                message = str(exc)
+                if str(checkpoint_path) not in message and not (hparams_file and str(hparams_file) in message):
+                    message = f"{checkpoint_path}: {message}"
+                raise CheckpointError(message) from None
+            if isinstance(exc, KeyError):
+                raise CheckpointError(f"{checkpoint_path}: not a robust checkpoint (no {exc})") from None
+            if isinstance(exc, TypeError):  # hyperparameters of the wrong type or number for RobustClassifier
+                raise CheckpointError(f"{checkpoint_path}: cannot rebuild RobustClassifier from its hyperparameters "
+                                      f"({exc})") from None
             raise
+
+    @override
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict``, refusing weights that do not fit with one line that names the
+        missing, unexpected and wrongly shaped keys (:class:`StateDictMismatchError`)."""
+        problem = state_dict_mismatch(self.state_dict(), state_dict)
+        if problem is not None and (strict or "shape" in problem or not isinstance(state_dict, Mapping)):
+            raise StateDictMismatchError(
+                f"the weights do not fit the model ({type(self.model).__name__}): {problem}")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,15 +1,21 @@
 """The LightningCLI behind ``robust fit|validate|test|predict`` and the quickstart: :func:`build_cli`.
 
-Configs and ``--ckpt_path`` files are checked before jsonargparse or Lightning read them (YAML
-only, class paths inside the allowlist), and :func:`quiet_framework` with :class:`PhaseProgress`
-give a console of one progress bar per phase.
+Configs are checked before jsonargparse reads them (YAML only; the ``model:`` section within the
+narrow roles of :func:`robust.base.spec.check_recipe`, the trainer's class paths inside the config
+allowlist); options are never abbreviated (``--ckpt_pat`` is an error, not ``--ckpt_path``); the
+``--ckpt_path`` file, with ``last`` resolved to the file it means, is verified and its
+hyperparameters checked before LightningCLI reads them; ``--results`` must be writable before
+anything runs. :func:`quiet_framework` with :class:`PhaseProgress` give a console of one progress
+bar per phase.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +26,7 @@ import lightning.pytorch as pl
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
+from robust.base.errors import InputError
 from robust.base.state import atomic_write_text
 from robust.callbacks import ResumeState, WandbResults
 from robust.data.base import RobustDataModule
@@ -33,14 +40,21 @@ def newest_last_checkpoint(root: str | Path) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
 
+class UnwritableError(InputError, ValueError):
+    """An output path that cannot be written."""
+
+
 def _config_values(args: Sequence[str]) -> list[str]:
-    """The values of ``--config``/``-c`` in ``args`` (each a file or an inline YAML/JSON string)."""
+    """The values of ``--config``/``-c`` in ``args`` (each a file or an inline YAML/JSON string),
+    in every spelling argparse accepts (``--config X``, ``--config=X``, ``-c X``, ``-cX``, ``-c=X``)."""
     values = []
     for i, arg in enumerate(args):
         if arg in ("--config", "-c") and i + 1 < len(args):
             values.append(args[i + 1])
         elif arg.startswith("--config="):
             values.append(arg.split("=", 1)[1])
+        elif arg.startswith("-c") and not arg.startswith("--") and len(arg) > 2:
+            values.append(arg[2:].removeprefix("="))
     return values
 
 
@@ -49,7 +63,7 @@ def check_configs(args: Sequence[str]) -> None:
     allowlist, before jsonargparse imports anything from it."""
     import yaml
 
-    from robust.base.spec import CONFIG_PREFIXES, SpecError, check_tree
+    from robust.base.spec import SpecError, check_recipe
 
     for value in _config_values(args):
         path = Path(value)
@@ -77,21 +91,58 @@ def check_configs(args: Sequence[str]) -> None:
             raise SpecError(f"config {path}: expected a mapping of sections (model:, data:, trainer:), "
                             f"got {type(config).__name__}")
         try:
-            check_tree(config, "", CONFIG_PREFIXES)
+            check_recipe(config)
         except SpecError as exc:
             raise SpecError(f"config {value if is_file else '(inline)'}: {exc}") from None
 
 
-def check_ckpt_path(args: Sequence[str]) -> None:
-    """Check a ``--ckpt_path`` file like any checkpoint from elsewhere (weights only, allowlisted
-    class paths) before Lightning resumes from it; ``last``/``best``/``hpc``/``registry`` are Lightning's."""
-    from robust.base.safe_load import check_checkpoint
+LIGHTNING_CKPT_PATHS = ("best", "hpc", "registry")
 
-    for i, arg in enumerate(args):
-        value = args[i + 1] if arg == "--ckpt_path" and i + 1 < len(args) else (
-            arg.split("=", 1)[1] if arg.startswith("--ckpt_path=") else None)
-        if value is not None and value not in ("last", "best", "hpc", "registry", "null", "None", ""):
-            check_checkpoint(Path(value))
+
+def resolve_ckpt_path(value: Any, config: Any) -> Path | None:
+    """The file ``--ckpt_path`` means: ``last`` is the newest ``last*.ckpt`` below the run's root folder
+    (``trainer.default_root_dir``, else the working folder) or a ModelCheckpoint's ``dirpath``;
+    ``None`` for no checkpoint, for ``last`` when there is none yet, and for Lightning's other names
+    (``best``, ``hpc``, ``registry``: the files they resolve to are checked when Lightning loads them,
+    by :class:`robust.callbacks.checkpoint_io.AtomicCheckpointIO`)."""
+    if value in (None, "", "null", "None"):
+        return None
+    text = str(value)
+    if text in LIGHTNING_CKPT_PATHS and not Path(text).is_file():
+        return None
+    if text != "last" or Path(text).is_file():
+        return Path(text)
+    trainer = (config.get("trainer") if config is not None else None) or {}
+    roots = [Path(trainer.get("default_root_dir") or os.getcwd())]
+    for callback in trainer.get("callbacks") or []:
+        dirpath = (callback.get("init_args") or {}).get("dirpath") if hasattr(callback, "get") else None
+        if dirpath:
+            roots.append(Path(dirpath))
+    found = [p for p in (newest_last_checkpoint(root) for root in roots if root.is_dir()) if p is not None]
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
+def check_writable(path: Any, option: str) -> Path:
+    """Refuse, before anything runs, an output file that cannot be written: a folder, a path below a
+    file, or a folder where no file can be made (tried with a temporary file, removed at once)."""
+    target = Path(str(path).removeprefix("file://"))
+    if target.is_dir():
+        raise UnwritableError(f"{option} {target}: is a folder; give a file name")
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        if not parent.is_dir():
+            raise NotADirectoryError(f"{parent} is not a folder")
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+        if target.exists() and not os.access(target, os.W_OK):
+            raise PermissionError(f"{target} is read-only")
+    except OSError as exc:
+        reason = exc.strerror if exc.strerror else str(exc)
+        raise UnwritableError(f"{option} {target}: cannot be written ({reason}); give a path in a writable "
+                              f"folder") from None
+    return target
 
 
 def _restrict_imports() -> None:
@@ -116,25 +167,78 @@ class RobustCLI(LightningCLI):
         # Lightning warns when ``args`` and sys.argv are both given; the robust command always
         # hands over its own, rewritten, command line (or the quickstart's), so parse without it.
         self.config = parser.parse_object(args) if isinstance(args, (dict, Namespace)) else parser.parse_args(args)
+        self._check_inputs()
+
+    def _check_inputs(self) -> None:
+        """``--results`` writable, and the ``--ckpt_path`` file (``last`` resolved) verified and its
+        hyperparameters checked, before LightningCLI merges them into the model's config."""
+        from robust.base.safe_load import check_checkpoint
+
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        if config.get("results"):
+            check_writable(config["results"], "--results")
+        given = config.get("ckpt_path")
+        path = resolve_ckpt_path(given, config)
+        self.checkpoint: tuple[Path, dict[str, Any]] | None = None
+        if path is None:
+            return
+        self.checkpoint = (path, check_checkpoint(path))
+        if given == "last":
+            print(f"{'resuming from' if subcommand == 'fit' else 'checkpoint'} {path}", file=sys.stderr)
+        config["ckpt_path"] = str(path)
+
+    def _check_before_run(self, stage: str) -> None:
+        """Before the trainer starts (and writes anything): data that cannot be read, a model that does
+        not fit the data (class count, image shape), and ``--ckpt_path`` weights that do not fit the
+        model, each one line. (A data module's ``setup`` reads each split once; the trainer's call
+        finds them read.)"""
+        from robust.base.safe_load import StateDictMismatchError, state_dict_mismatch
+
+        if not isinstance(self.model, RobustClassifier):
+            return
+        if isinstance(self.datamodule, RobustDataModule):
+            self.datamodule.setup(stage)
+        self.model.check_data(self.datamodule)
+        if self.checkpoint is None:
+            return
+        path, checkpoint = self.checkpoint
+        problem = state_dict_mismatch(self.model.state_dict(), checkpoint.get("state_dict"))
+        if problem is not None:
+            raise StateDictMismatchError(
+                f"{path}: the weights do not fit the model ({type(self.model.model).__name__}): {problem}")
 
     def before_instantiate_classes(self) -> None:
         # One seed: the data order follows seed_everything (an int by now: LightningCLI has drawn
         # one if it was true), as initialisation, random starts and noise do.
+        from robust.base.spec import check_recipe
+
         config = self.config[self.subcommand] if self.subcommand else self.config
+        # the model and data as parsed: config files, command-line values and --ckpt_path hyperparameters
+        # together, checked before anything is built from them
+        parsed = {key: config[key].as_dict() if isinstance(config.get(key), Namespace) else config.get(key)
+                  for key in ("model", "data") if key in config}
+        check_recipe(parsed)
         seed = config.get("seed_everything")
         init_args = (config.get("data") or {}).get("init_args")
         if isinstance(seed, int) and not isinstance(seed, bool) and init_args is not None and "seed" in init_args:
             init_args["seed"] = seed
 
+    # --ckpt_path last is resolved when the arguments are parsed (:func:`resolve_ckpt_path`): the newest
+    # last*.ckpt anywhere under the run's root folder. Lightning looks only in the checkpoint callback's
+    # folder, which with the recipes' wandb logger is named after the new run's id, so a rerun of the same
+    # command would not find it.
     def before_fit(self) -> None:
-        # --ckpt_path last: the newest last*.ckpt anywhere under the run's root folder. Lightning
-        # looks only in the checkpoint callback's folder, which with the recipes' wandb logger is
-        # named after the new run's id, so a rerun of the same command would not find it.
-        if self.config_init["fit"].get("ckpt_path") == "last":
-            found = newest_last_checkpoint(self.trainer.default_root_dir)
-            if found is not None:
-                print(f"resuming from {found}", file=sys.stderr)
-                self.config_init["fit"]["ckpt_path"] = str(found)
+        self._check_before_run("fit")
+
+    def before_validate(self) -> None:
+        self._check_before_run("validate")
+
+    def before_test(self) -> None:
+        self._check_before_run("test")
+
+    def before_predict(self) -> None:
+        self._check_before_run("predict")
 
     def _write_results(self) -> None:
         path = self.config[self.subcommand].get("results")
@@ -157,7 +261,6 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True) -> RobustCLI:
     ``run=False`` builds the model, data module and trainer without running a subcommand."""
     given = sys.argv[1:] if args is None else args
     check_configs(given)
-    check_ckpt_path(given)
     _restrict_imports()
     return RobustCLI(
         RobustClassifier,
@@ -171,7 +274,8 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True) -> RobustCLI:
         auto_configure_optimizers=False,
         args=None if args is None else list(args),
         run=run,
-        parser_kwargs={"prog": "robust", "exit_on_error": False},
+        # allow_abbrev=False: ``--ckpt_pat``/``--conf`` are errors, never a way around the checks above
+        parser_kwargs={"prog": "robust", "exit_on_error": False, "allow_abbrev": False},
     )
 
 

@@ -1,9 +1,13 @@
 """Any torchvision classifier by name, sized for ``num_classes`` and, if asked, small inputs.
 
 Models are built with ``weights=None``, so nothing is downloaded; a ``weights``
-argument is passed to torchvision only when given, and its errors surface as they are
-(pretrained heads have 1000 classes; to start from pretrained weights, load a
-state_dict instead). Inputs are images in [0, 1]; given ``mean``/``std``, a
+argument is passed to torchvision only when a caller gives it explicitly (Python, or
+``--model-args`` on the command line), and its errors surface as they are (pretrained
+heads have 1000 classes; to start from pretrained weights, load a state_dict instead).
+A spec from elsewhere (a checkpoint, an ``hparams_file``, a recipe) never carries one:
+:func:`robust.base.spec.check_role` refuses it before anything is built, and a
+checkpoint stores the spec with ``weights=None`` beside the weights themselves.
+Inputs are images in [0, 1]; given ``mean``/``std``, a
 :class:`~robust.models.Normalize` is the first layer.
 """
 
@@ -42,14 +46,7 @@ def torchvision_model(
         mean, std: per-channel normalisation applied as the first layer.
         **kwargs: passed to the torchvision constructor (``weights``, ``dropout``, ...).
     """
-    valid = tvm.list_models(module=tvm)
-    if name not in valid:
-        close = difflib.get_close_matches(name, valid, n=3)
-        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-        raise ValueError(
-            f"unknown torchvision classifier {name!r}{hint}; "
-            "torchvision.models.list_models(module=torchvision.models) lists the valid names"
-        )
+    check_torchvision_name(name)
     if input_size is not None and (not isinstance(input_size, int) or isinstance(input_size, bool) or input_size < 1):
         raise ValueError(f"input_size must be a positive integer, got {input_size!r}")
     kwargs.setdefault("weights", None)
@@ -63,6 +60,18 @@ def torchvision_model(
         _small_input_stem(model, in_channels)
     _set_in_channels(model, in_channels)
     return with_normalize(model, mean, std)
+
+
+def check_torchvision_name(name: str) -> None:
+    """Raise a ``ValueError`` unless ``name`` is a torchvision classifier (naming close matches)."""
+    valid = tvm.list_models(module=tvm)
+    if name not in valid:
+        close = difflib.get_close_matches(str(name), valid, n=3)
+        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        raise ValueError(
+            f"unknown torchvision classifier {name!r}{hint}; "
+            "torchvision.models.list_models(module=torchvision.models) lists the valid names"
+        )
 
 
 def _cifar_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
