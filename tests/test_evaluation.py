@@ -232,7 +232,7 @@ def test_normally_trained_model_passes_the_audit(aa_report):
     names = {c["name"] for c in audit["checks"]}
     assert names == {"outputs_are_logits", "deterministic_forward", "zero_input_gradients",
                      "fgsm_not_stronger_than_pgd", "more_steps_not_weaker", "monotone_in_eps",
-                     "unbounded_eps_breaks_all", "black_box_not_stronger"}
+                     "unbounded_eps_breaks_all", "black_box_not_stronger", "configured_attacks_not_weaker_than_pgd"}
     assert all(c["threshold"] and c["message"] for c in audit["checks"])
     assert audit["zero_gradient_share"] == 0.0
 

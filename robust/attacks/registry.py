@@ -9,18 +9,77 @@ and the parts to run in order, each a torchattacks class (or ours, from
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import difflib
+import math
+import numbers
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
+
+from robust.base.errors import InputError
+from robust.base.threat import parse_eps
 
 if TYPE_CHECKING:
     from robust.base.threat import ThreatModel
 
 MAX_TARGETS = 9  # RobustBench standard: APGD-T and FAB-T use the 9 most likely other classes
 MIN_CLASSES_TARGETED = 4  # the targeted DLR loss reads the 3rd and 4th largest logits
-POSITIVE_INTEGERS = ("steps", "restarts", "queries", "eot_iter")
 OURS = "robust.attacks.independent"
+
+
+class AttackOptionError(InputError, ValueError):
+    """An attack name or option that the registry does not take: unknown, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one option takes: ``kind`` is ``"count"`` (a positive integer), ``"positive"`` (a finite number
+    > 0; a fraction like ``"2/255"`` is read as one), ``"nonnegative"`` (finite, >= 0), ``"fraction"``
+    (in (0, 1]) or ``"flag"`` (true or false); ``default_none`` lets ``None`` stand for the computed default."""
+
+    kind: str
+    default_none: bool = False
+
+    def describe(self) -> str:
+        text = {"count": "a positive integer", "positive": "a finite number > 0", "nonnegative": "a finite number >= 0",
+                "fraction": "a number in (0, 1]", "flag": "true or false (a JSON boolean)"}[self.kind]
+        return text + (" or null (the default)" if self.default_none else "")
+
+    def check(self, value: Any) -> Any:
+        """``value`` as the attack takes it; a ``ValueError`` (the message is :meth:`describe`) otherwise."""
+        if value is None and self.default_none:
+            return None
+        if self.kind == "flag":
+            if isinstance(value, bool):
+                return value
+            raise ValueError(self.describe())
+        if isinstance(value, bool):
+            raise ValueError(self.describe())
+        if self.kind == "count":
+            if isinstance(value, numbers.Integral) and value >= 1:
+                return int(value)
+            raise ValueError(self.describe())
+        try:
+            number = parse_eps(float(value) if isinstance(value, numbers.Real) else value)
+        except (ValueError, OverflowError):
+            number = float("nan")
+        ok = math.isfinite(number) and {"positive": number > 0, "nonnegative": number >= 0,
+                                        "fraction": 0 < number <= 1}[self.kind]
+        if not ok:
+            raise ValueError(self.describe())
+        return float(number)
+
+
+COUNT, POSITIVE, NONNEGATIVE = Rule("count"), Rule("positive"), Rule("nonnegative")
+OPTION_RULES: Mapping[str, Rule] = MappingProxyType({
+    "steps": COUNT, "restarts": COUNT, "queries": COUNT, "eot_iter": COUNT,
+    "step_size": Rule("positive", default_none=True),  # None: 2.5 * eps / steps (Madry et al.)
+    "random_start": Rule("flag"),
+    "p_init": Rule("fraction"),  # Square's initial share of pixels changed
+    "c": POSITIVE, "lr": POSITIVE, "kappa": NONNEGATIVE, "overshoot": NONNEGATIVE,
+})
+"""The type and range of every option an attack may declare; an option without a rule cannot be registered."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +128,10 @@ def register_attack(name: str, *, l2_only: bool = False, **defaults: Any) -> Cal
     def decorator(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"attack {name!r} is registered twice")
+        for key, value in defaults.items():
+            if key not in OPTION_RULES:
+                raise ValueError(f"attack {name!r}: option {key!r} has no rule in OPTION_RULES")
+            OPTION_RULES[key].check(value)
         _REGISTRY[name] = Attack(builder, MappingProxyType(dict(defaults)), l2_only)
         _DEFAULTS[name] = _REGISTRY[name].defaults
         return builder
@@ -86,31 +149,87 @@ def attack_defaults(name: str) -> dict[str, Any]:
     return dict(_entry(name).defaults)
 
 
+def _unknown_attack(name: Any, where: str) -> AttackOptionError:
+    text = name if isinstance(name, str) else ""
+    cased = [n for n in _REGISTRY if n.lower() == text.lower()]
+    close = cased or difflib.get_close_matches(text, _REGISTRY, 1)
+    hint = (f" ({'names are exact and lower-case: ' if cased else ''}did you mean {close[0]!r}?)" if close else "")
+    return AttackOptionError(f"{where}unknown attack {name!r}{hint}; choose from {', '.join(_REGISTRY)}")
+
+
 def _entry(name: str) -> Attack:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown attack {name!r}; choose from {', '.join(_REGISTRY)}")
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise _unknown_attack(name, "")
     return _REGISTRY[name]
+
+
+def check_attacks(attacks: Iterable[str], where: str = "attacks") -> list[str]:
+    """``attacks`` (registry names, duplicates dropped) if every one is registered; otherwise an
+    :class:`AttackOptionError` naming the first unknown one and listing the registered names."""
+    names = list(dict.fromkeys(attacks))
+    for name in names:
+        if not isinstance(name, str) or name not in _REGISTRY:
+            raise _unknown_attack(name, f"{where}: ")
+    return names
+
+
+def check_options(name: str, options: Any, where: str = "") -> dict[str, Any]:
+    """The options of attack ``name`` typed and range-checked against :data:`OPTION_RULES` (fractions
+    such as ``"2/255"`` read as numbers); unknown keys, wrong types (``"no"`` for a boolean, ``"x"`` for
+    a number) and out-of-range values (NaN, steps 0, step size <= 0) raise an :class:`AttackOptionError`
+    naming the key, prefixed with ``where`` (e.g. ``"--attack-options: "``)."""
+    attack = _entry(name)
+    if not isinstance(options, Mapping):
+        raise AttackOptionError(f"{where}the options of attack {name!r} must be a JSON object such as "
+                                f'{{"steps": 10}}, got {options!r}')
+    takes = ", ".join(sorted(attack.defaults)) or "none"
+    checked: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in attack.defaults:
+            raise AttackOptionError(f"{where}unknown option {key!r} for attack {name!r}; it takes {takes}")
+        try:
+            checked[key] = OPTION_RULES[key].check(value)
+        except ValueError as err:
+            raise AttackOptionError(f"{where}{name}.{key} must be {err}, got {value!r:.60}") from None
+    return checked
+
+
+def check_attack_options(attacks: Iterable[str], options: Any, where: str = "attack_options") -> dict[str, dict]:
+    """``{attack: checked options}`` for the per-attack overrides ``options`` (``{"pgd": {"steps": 100}}``)
+    of a run of ``attacks``. Refused, with an :class:`AttackOptionError` naming the key: anything but an
+    object of objects, an unknown or wrongly cased attack name, options for an attack the run does not
+    include (they would be ignored), and every option :func:`check_options` refuses."""
+    names = check_attacks(attacks)
+    prefix = f"{where}: " if where else ""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise AttackOptionError(f"{prefix}must be an object of per-attack options such as "
+                                f'{{"pgd": {{"steps": 100}}}}, got {options!r}')
+    checked: dict[str, dict] = {}
+    for name, value in options.items():
+        if not isinstance(name, str) or name not in _REGISTRY:
+            raise _unknown_attack(name, prefix)
+        if name not in names:
+            raise AttackOptionError(f"{prefix}options for attack {name!r}, which this run does not include "
+                                    f"(attacks: {', '.join(names)}); add it to the attacks or drop its options")
+        checked[name] = check_options(name, value, prefix)
+    return checked
 
 
 def plan_attack(name: str, threat: ThreatModel, n_classes: int, **options: Any) -> Plan:
     """The :class:`Plan` of ``name`` under ``threat`` with the defaults, overridden by ``options``.
 
-    Unknown names and options, L2-only attacks under another norm, fewer than 2 classes and
-    counts that are not positive integers raise a ``ValueError`` that says so.
+    Unknown names and options, options of the wrong type or range (:func:`check_options`), L2-only
+    attacks under another norm and fewer than 2 classes raise a ``ValueError`` that says so.
     """
     attack = _entry(name)
     if attack.l2_only and threat.norm != "l2":
-        raise ValueError(f"{name} is an L2 attack and is refused under the {threat.norm} threat model")
-    unknown = set(options) - set(attack.defaults)
-    if unknown:
-        raise ValueError(f"unknown option(s) {sorted(unknown)} for attack {name!r}; "
-                         f"it takes {sorted(attack.defaults) or 'none'}")
+        raise AttackOptionError(f"{name} is an L2 attack and is refused under the {threat.norm} threat model")
+    options = check_options(name, options)
     if n_classes < 2:
         raise ValueError(f"need at least 2 classes to attack, got {n_classes}")
     o = {**attack.defaults, **options}
-    for key in POSITIVE_INTEGERS:
-        if key in o and (not isinstance(o[key], int) or o[key] < 1):
-            raise ValueError(f"{name}: {key} must be a positive integer, got {o[key]!r}")
     extra, parts = attack.build(threat, n_classes, o)
     return Plan({"norm": threat.norm, "eps": float(threat.eps), **o, **extra}, parts)
 

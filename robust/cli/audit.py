@@ -50,6 +50,7 @@ def run(argv: list[str]) -> int:
     if launched():  # every process would run the whole audit and write the same files
         raise UsageError("robust audit runs in one process: start it without torchrun "
                          "(robust evaluate and robust certify share their work across torchrun's processes)")
+    from robust.attacks.registry import check_attack_options, check_attacks
     from robust.evaluation.audit import audit
     from robust.leaderboard.entry import from_report
     from robust.reports.audit import audit_document, render_markdown
@@ -57,11 +58,13 @@ def run(argv: list[str]) -> int:
     from robust.reports.evaluation import log_to_wandb, write_report
     from robust.reports.files import write_json, write_staged
 
+    attacks = check_attacks([a.strip() for a in args.attacks.split(",") if a.strip()], "--attacks")
+    if not attacks:
+        raise UsageError("--attacks must name at least one attack")
+    options = check_attack_options(attacks, json_arg(args.attack_options, "--attack-options"), "--attack-options")
     x, y, data_desc, model, ckpt_threat, method = load_source(args)
     device = check_run_arguments(args)
     threat = resolve_threat(args, ckpt_threat)
-    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    options = json_arg(args.attack_options, "--attack-options")
     model = model.to(device).eval()
     out = Path(args.out)
     print(f"auditing {args.checkpoint or args.model} on {data_desc}: {min(args.n_examples or len(y), len(y))} images, "

@@ -21,13 +21,15 @@ equals a single process's, and a state resumes at any number of processes::
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robust.cli.options import (
-    ArgumentParser, add_run_arguments, add_source_arguments, add_threat_arguments, attack_names, check_run_arguments,
-    describe_model, json_arg, load_source, parse_args, resolve_threat, resume_state, wandb_project, wandb_run)
+    ArgumentParser, UsageError, add_run_arguments, add_source_arguments, add_threat_arguments, attack_names,
+    check_run_arguments, describe_model, json_arg, load_source, parse_args, resolve_threat, resume_state,
+    wandb_project, wandb_run)
 
 if TYPE_CHECKING:
     import torch
@@ -62,12 +64,17 @@ def parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str]) -> int:
     args = parse_args(parser(), argv)
+    from robust.attacks.registry import check_attack_options, check_attacks
     from robust.base import distributed
 
+    attacks = check_attacks([a.strip() for a in args.attacks.split(",") if a.strip()], "--attacks")
+    if not attacks:
+        raise UsageError("--attacks must name at least one attack")
+    options = check_attack_options(attacks, json_arg(args.attack_options, "--attack-options"), "--attack-options")
+    if args.patch is not None and not (math.isfinite(args.patch) and 0 < args.patch < 1):
+        raise UsageError(f"--patch is a fraction of the image area and must lie in (0, 1), got {args.patch}")
     x, y, data_desc, model, ckpt_threat, method = load_source(args)
     threat = resolve_threat(args, ckpt_threat)
-    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    options = json_arg(args.attack_options, "--attack-options")
     sweep = [e.strip() for e in args.sweep.split(",") if e.strip()] if args.sweep else None
     wandb_project(args)  # refuses a bad combination before the ranks start
     device = distributed.init_from_env(check_run_arguments(args))

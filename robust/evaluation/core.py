@@ -21,10 +21,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robust.attacks.independent import build_attack
+from robust.attacks.registry import check_attack_options
 from robust.base import distributed
 from robust.base.batching import check_images, collect
 from robust.base.provenance import describe_run
-from robust.base.runtime import eval_mode, model_device, num_classes
+from robust.base.runtime import check_fits, eval_mode, model_device
 from robust.base.state import digest, fingerprint, model_fingerprint
 from robust.base.stats import accuracy_record
 from robust.base.threat import ThreatModel
@@ -66,8 +67,13 @@ def evaluate(
     larger one). ``audit`` runs the gradient-masking checks of
     :mod:`robust.evaluation.masking` and marks the report ``unreliable`` if any fires.
     ``state_path`` makes the run resumable: finished batches are stored there and skipped
-    when the same evaluation is started again. The model is put in eval mode and its mode
-    restored afterwards; the global RNG is left untouched. Under torchrun every rank calls this:
+    when the same evaluation is started again, once they are checked against the model
+    (:func:`robust.evaluation.runner.check_records`: an edited state is refused). Attack options
+    are checked before any work (:func:`robust.attacks.registry.check_attack_options`), one image
+    goes through the model before the attacks start (a shape mismatch names both shapes), and
+    the report's numbers are checked for consistency before it is returned. The model is put
+    in eval mode and its mode restored afterwards; the global RNG is left untouched. Under
+    torchrun every rank calls this:
     the attacks of the main pass, the sweep and the audit share their batches across ranks
     (:func:`attack_batches`) and every rank returns the same report.
     """
@@ -77,16 +83,21 @@ def evaluate(
     attacks = list(dict.fromkeys(attacks))
     if not attacks:
         raise ValueError("attacks must name at least one attack")
+    options = check_attack_options(attacks, attack_options)
+    for e in sweep or ():
+        try:
+            ThreatModel(threat.norm, e)
+        except ValueError as err:
+            raise ValueError(f"sweep: {err}") from None
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     x, y = collect(data, n_examples)
     start = time.perf_counter()
     with eval_mode(model):
-        n_classes = num_classes(model, x)
+        n_classes = check_fits(model, x)  # one image through the model: a shape mismatch is named here
         if int(y.max()) >= n_classes or int(y.min()) < 0:
             raise ValueError(f"labels must lie in [0, {n_classes - 1}] for a model with {n_classes} outputs, "
                              f"got {int(y.min())}..{int(y.max())}")
-        options = attack_options or {}
         built = [build_attack(a, threat, n_classes, **options.get(a, {})) for a in attacks]
         settings = {a.name: a.settings for a in built}
         model_sha256 = model_fingerprint(model)
@@ -126,6 +137,7 @@ def evaluate(
             report.audit = run_audit(model, x, y, threat, report, n_classes=n_classes, seed=seed,
                                      batch_size=batch_size, progress=progress, **(audit_options or {}))
         report.seconds = time.perf_counter() - start
+        report.check()
         return report
 
 
@@ -236,7 +248,7 @@ def summarise_threat(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: s
         return clean, res.correct.cpu(), res.adv_pred.cpu()
 
     with eval_mode(model):
-        n_classes = num_classes(model, x)
+        n_classes = check_fits(model, x)
         with tqdm(total=n_batches, desc=kind, disable=not (progress and distributed.is_main()), leave=False) as bar:
             done = distributed.map_batches(n_batches, compute, on_round=lambda new: bar.update(len(new)))
     clean_pred, robust_mask, adv_pred = (torch.cat([done[b][k] for b in range(n_batches)]) for k in range(3))

@@ -9,7 +9,10 @@ check below states its threshold; a report with any failed check is marked
 Comparisons between two accuracies allow ``tolerance`` (one percentage point by default,
 and never less than one example) for the noise of attacks that are not monotone per
 example. The checks that compare attacks of different strength or eps run each attack
-independently on the same audit subset, so a check can fire.
+independently on the same audit subset, so a check can fire. The evaluation's own attacks, with the
+options they were given, are held against a default PGD on the same examples
+(``configured_attacks_not_weaker_than_pgd``): a crippled attack (a step size of 1e-9, one step) or
+weak attacks alone would read as robustness, and are flagged.
 """
 
 from __future__ import annotations
@@ -45,11 +48,11 @@ def _check(name: str, passed: bool, message: str, threshold: str, value: Any) ->
     return {"name": name, "passed": bool(passed), "message": message, "threshold": threshold, "value": value}
 
 
-def _robust_acc(model, x, y, threat, name, n_classes, seed, batch_size, progress, **options) -> float:
+def _robust_mask(model, x, y, threat, name, n_classes, seed, batch_size, progress, **options) -> torch.Tensor:
     attack = build_attack(name, threat, n_classes, **options)
     res = attack_batches(model, x, y, [attack], batch_size, seed, None, "", progress,
                          f"audit {name} @ {threat.norm} {threat.eps!r}")
-    return int(res["robust"][name].sum()) / len(y)
+    return res["robust"][name]
 
 
 def _max_eps(threat: ThreatModel, x: torch.Tensor) -> float:
@@ -92,9 +95,13 @@ def _run(model, x, y, threat, report, n_classes, seed, batch_size, progress, o) 
     steps = o["steps"]
     checks = []
 
+    def mask(name: str, e: float, **kw: Any) -> torch.Tensor:
+        return _robust_mask(model, x, y, ThreatModel(threat.norm, e), name, n_classes, seed, batch_size,
+                            progress, **kw)
+
     def acc(name: str, e: float, **kw: Any) -> float:
-        return _robust_acc(model, x, y, ThreatModel(threat.norm, e), name, n_classes, seed, batch_size,
-                           progress, **kw)
+        robust = mask(name, e, **kw)
+        return int(robust.sum()) / len(robust)
 
     logits = batched_logits(model, x, batch_size)
     rows_sum = logits.sum(1)
@@ -127,7 +134,8 @@ def _run(model, x, y, threat, report, n_classes, seed, batch_size, progress, o) 
            if zero_share > o["zero_grad_max"] else "."),
         f"share of examples with an all-zero gradient <= {o['zero_grad_max']:g}", zero_share))
 
-    pgd = acc("pgd", eps, steps=steps)
+    pgd_mask = mask("pgd", eps, steps=steps)
+    pgd = int(pgd_mask.sum()) / n
     fgsm = acc("fgsm", eps)
     checks.append(_check(
         "fgsm_not_stronger_than_pgd", fgsm >= pgd - tol,
@@ -136,7 +144,8 @@ def _run(model, x, y, threat, report, n_classes, seed, batch_size, progress, o) 
            else "."),
         f"FGSM accuracy >= PGD accuracy - {tol_txt}", {"fgsm": fgsm, "pgd": pgd}))
 
-    strong = acc("pgd", eps, steps=o["strong_steps"], restarts=o["strong_restarts"])
+    strong_mask = mask("pgd", eps, steps=o["strong_steps"], restarts=o["strong_restarts"])
+    strong = int(strong_mask.sum()) / n
     checks.append(_check(
         "more_steps_not_weaker", strong <= pgd + tol,
         f"PGD-{o['strong_steps']} with {o['strong_restarts']} restarts leaves {100 * strong:.2f}%, "
@@ -144,6 +153,9 @@ def _run(model, x, y, threat, report, n_classes, seed, batch_size, progress, o) 
                                              else "."),
         f"accuracy(PGD-{o['strong_steps']} x{o['strong_restarts']}) <= accuracy(PGD-{steps}) + {tol_txt}",
         {"weak": pgd, "strong": strong}))
+
+    if report is not None and report.masks:
+        checks.append(_baseline_check(report, pgd_mask & strong_mask, n, tol, tol_txt, steps, o))
 
     factors = sorted(o["eps_factors"])
     curve = [(f * eps, pgd if f == 1.0 else acc("pgd", f * eps, steps=steps)) for f in factors]
@@ -179,6 +191,30 @@ def _run(model, x, y, threat, report, n_classes, seed, batch_size, progress, o) 
     return {"ran": True, "unreliable": bool(flags), "flags": flags, "checks": checks,
             "zero_gradient_share": zero_share, "n_examples": n, "settings": {k: (list(v) if isinstance(v, tuple)
                                                                                else v) for k, v in o.items()}}
+
+
+def _baseline_check(report: RobustnessReport, baseline: torch.Tensor, n: int, tol: float, tol_txt: str,
+                    steps: int, o: dict[str, Any]) -> dict[str, Any]:
+    """The configured attacks against a default PGD on the same examples: the audit's PGD-``steps`` and
+    PGD-``strong_steps`` with restarts, at the registry's default step size, with a random start. Options
+    that cripple an attack (a step size of 1e-9, one step) or only weak attacks leave examples robust that
+    this baseline breaks, and the reported robust accuracy then overstates robustness."""
+    configured = torch.stack([m[:n].bool() for m in report.masks.values()]).all(0)
+    only = configured & ~baseline
+    share = int(only.sum()) / n
+    names = ", ".join(report.masks)
+    baseline_txt = f"a default PGD (PGD-{steps} and PGD-{o['strong_steps']} x{o['strong_restarts']})"
+    passed = share <= tol
+    message = (f"{baseline_txt} breaks {int(only.sum())} of {n} example(s) that the configured attacks ({names}) "
+               f"left robust; robust accuracy {100 * float(configured.float().mean()):.2f}% configured, "
+               f"{100 * float(baseline.float().mean()):.2f}% under the baseline")
+    message += "." if passed else (": the configured attacks are weaker than the default, so the reported robust "
+                                   "accuracy overstates robustness; check the attack options (step size, steps, "
+                                   "random start) or use the defaults.")
+    return _check("configured_attacks_not_weaker_than_pgd", passed, message,
+                  f"share of examples broken only by the baseline <= {tol_txt}",
+                  {"configured": float(configured.float().mean()), "baseline": float(baseline.float().mean()),
+                   "broken_only_by_baseline": int(only.sum())})
 
 
 def _zero_gradient_share(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:

@@ -321,8 +321,12 @@ def render_markdown(report: dict, images: dict[str, str] | None = None) -> str:
 def write_report(report: dict, out_dir: str | os.PathLike, examples: dict | None = None) -> dict[str, Path]:
     """Write ``report.json``, the plots that apply and ``report.md`` into ``out_dir``; return name → path.
 
-    Everything is rendered in a staging folder first (:func:`write_staged`), ``report.json`` last.
+    Everything is rendered in a staging folder first (:func:`write_staged`), ``report.json`` last; a report
+    whose numbers contradict each other (:func:`robust.evaluation.results.check_report`) is refused first.
     """
+    from robust.evaluation.results import check_report
+
+    check_report(report)
     label = threat_label(report.get("threat"))
     text = json_text(report)  # fails before anything is drawn
 
