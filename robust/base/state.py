@@ -49,17 +49,48 @@ def fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files of :func:`atomic_write` for ``path`` whose writer is gone."""
+    prefix = f".{path.name}."
+    try:
+        names = list(path.parent.iterdir())
+    except OSError:  # a folder that cannot be listed: nothing to tidy
+        return
+    for stale in names:
+        name = stale.name
+        if not (name.startswith(prefix) and name.endswith(TEMP_SUFFIX)):
+            continue
+        pid, _, token = name[len(prefix):-len(TEMP_SUFFIX)].rpartition("-")
+        if not token or any(c not in "0123456789abcdef" for c in token):
+            continue
+        if pid and (not pid.isdigit() or _running(int(pid))):  # not ours, or its writer is still at work
+            continue
+        stale.unlink(missing_ok=True)  # also the .<name>.<hex>.tmp of versions before the pid was in the name
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid() or os.name == "nt":  # Windows has no signal 0 to probe with
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(handle)`` on a temporary file beside ``path``, fsync it and rename it onto ``path``.
 
-    Temporary files left by a process killed while writing (``.<name>.<hex>.tmp``) are removed first.
+    The temporary file (``.<name>.<pid>-<hex>.tmp``) is removed when anything fails; ones left by a
+    process killed while writing are removed first (never one of a writer that is still running).
     The new file gets the mode the umask gives (as ``open`` would), not ``mkstemp``'s 0600.
     """
     path = Path(str(path).removeprefix("file://"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*{TEMP_SUFFIX}"):
-        stale.unlink(missing_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    _remove_stale_temporaries(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -153,6 +184,11 @@ class Journal:
 
     def _refuse(self, why: str) -> StateError:
         return StateError(f"{self.path}: {why}")
+
+    def invalid(self, why: str) -> StateError:
+        """The error for a state whose rows fail the caller's checks (``why`` names the row and the value):
+        a digest catches accidents, not edits, so what a state claims is checked before it is trusted."""
+        return StateError(f"{self.path}: {why}; the state was edited or damaged: delete it or start again with --fresh")
 
     def load(self) -> dict[int, Any]:
         """The finished rounds; a torn last frame (a kill mid-append) is cut off the file."""

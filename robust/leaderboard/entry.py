@@ -17,6 +17,8 @@ from typing import Any
 from robust.base.errors import InputError
 
 THREATS = ("Linf", "L2", "corruptions")
+_TOL = 1e-9  # rounding slack when two fractions are compared
+_MAX_COUNT = 2**53  # counts beyond this are not exact as floats (and no test set is that large)
 _NORMS = {"linf": "Linf", "l2": "L2", "corruptions": "corruptions"}
 
 FIELDS: dict[str, str] = {
@@ -56,24 +58,68 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
+def _shown(value: Any) -> str:
+    """``repr(value)``, at most 80 characters, for a message."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print
+        return "a number too long to show"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _number(value: Any, field: str, low: float = 0.0, high: float = math.inf, what: str = "a number") -> float:
+    """``value`` as a float when it is a finite number (not a boolean) in [low, high], else :class:`EntryError`."""
+    number = math.nan
+    if not isinstance(value, bool) and isinstance(value, (int, float)):
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+    if not math.isfinite(number) or not low <= number <= high:
+        raise EntryError(f"{field}: expected {what}, got {_shown(value)}")
+    return number
+
+
+def _fraction(value: Any, field: str) -> float:
+    return _number(value, field, 0.0, 1.0, "a fraction in [0, 1] (a number, not text or a boolean)")
+
+
+def _count(value: Any, field: str) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_COUNT):
+        raise EntryError(f"{field}: expected a whole count >= 0 (at most 2**53), got {_shown(value)}")
+    return value
+
+
+def _interval(value: Any, accuracy: float, field: str) -> list[float]:
+    """A 95% interval: two ordered fractions that contain ``accuracy``."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise EntryError(f"{field}: expected an interval of two numbers [low, high], got {_shown(value)}")
+    low, high = (_fraction(v, f"{field}[{i}]") for i, v in enumerate(value))
+    if low > high:
+        raise EntryError(f"{field}: low {low:g} above high {high:g}")
+    if not low - _TOL <= accuracy <= high + _TOL:
+        raise EntryError(f"{field}: [{low:g}, {high:g}] does not contain the accuracy {accuracy:g}")
+    return [low, high]
+
+
 def _record(value: Any, field: str) -> dict | None:
+    """An accuracy record ``{accuracy, correct, n, ci95}``, checked whole: a fraction, whole counts with
+    ``correct <= n`` that give the accuracy, and an interval that contains it."""
     if value is None:
         return None
     if not isinstance(value, Mapping) or "accuracy" not in value:
-        raise EntryError(f"{field}: expected an accuracy record {{accuracy, correct, n}}, got {value!r}")
-    acc = value["accuracy"]
-    if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0 <= acc <= 1 or math.isnan(acc):
-        raise EntryError(f"{field}.accuracy: expected a fraction in [0, 1], got {acc!r}")
-    out = {"accuracy": float(acc)}
+        raise EntryError(f"{field}: expected an accuracy record {{accuracy, correct, n}}, got {_shown(value)}")
+    out: dict[str, Any] = {"accuracy": _fraction(value["accuracy"], f"{field}.accuracy")}
     for key in ("correct", "n"):
-        v = value.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-            raise EntryError(f"{field}.{key}: expected a count >= 0, got {v!r}")
-        out[key] = v
-    if out["n"] is not None and out["correct"] is not None and out["correct"] > out["n"]:
-        raise EntryError(f"{field}: correct {out['correct']} exceeds n {out['n']}")
+        out[key] = _count(value.get(key), f"{field}.{key}")
+    correct, n = out["correct"], out["n"]
+    if n is not None and correct is not None:
+        if correct > n:
+            raise EntryError(f"{field}: correct {correct} exceeds n {n}")
+        if n and abs(out["accuracy"] * n - correct) > 0.5:
+            raise EntryError(f"{field}.accuracy: {out['accuracy']:g} is not correct/n = {correct}/{n}")
     if value.get("ci95") is not None:
-        out["ci95"] = [float(c) for c in value["ci95"]]
+        out["ci95"] = _interval(value["ci95"], out["accuracy"], f"{field}.ci95")
     return out
 
 
@@ -88,12 +134,18 @@ def _text(value: Any, field: str, required: bool = False) -> str | None:
 
 
 def validate(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """A normalised copy of ``entry``; raises :class:`EntryError` naming the first wrong field."""
+    """A normalised copy of ``entry``, checked whole; raises :class:`EntryError` naming the first wrong field.
+
+    Beyond each field's type and range (see :data:`FIELDS`), the numbers must agree: for an L-inf or
+    L2 entry the robust accuracy, the sweep's points and every certified accuracy are at most the
+    clean accuracy; ``external`` (a lower number from an adaptive attack) is at most the protocol's
+    robust accuracy; the robust record's ``n`` is the protocol's ``n_examples``.
+    """
     if not isinstance(entry, Mapping):
         raise EntryError(f"an entry must be a JSON object, got {type(entry).__name__}")
     unknown = set(entry) - set(FIELDS) - {"id"}
     if unknown:
-        raise EntryError(f"unknown field(s) {sorted(unknown)}; known: {', '.join(FIELDS)}")
+        raise EntryError(f"unknown field(s) {sorted(map(str, unknown))}; known: {', '.join(FIELDS)}")
     out: dict[str, Any] = {}
     if entry.get("id") is not None:
         out["id"] = _text(entry["id"], "id")
@@ -102,47 +154,75 @@ def validate(entry: Mapping[str, Any]) -> dict[str, Any]:
     dataset = _text(entry.get("dataset"), "dataset", required=True)
     out["dataset"] = dataset.lower()
     threat = entry.get("threat")
-    if threat not in THREATS:
-        raise EntryError(f"threat: expected one of {', '.join(THREATS)}, got {threat!r}")
+    if not isinstance(threat, str) or threat not in THREATS:
+        raise EntryError(f"threat: expected one of {', '.join(THREATS)}, got {_shown(threat)}")
     out["threat"] = threat
-    eps = entry.get("eps")
-    if threat == "corruptions":
-        eps = None
-    elif isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
-        raise EntryError(f"eps: expected a radius > 0 for the {threat} threat model, got {eps!r}")
-    out["eps"] = None if eps is None else float(eps)
+    norm_ball = threat != "corruptions"
+    eps = None
+    if norm_ball:
+        high = 1.0 if threat == "Linf" else math.inf
+        eps = _number(entry.get("eps"), "eps", 0.0, high, f"a radius > 0{' and <= 1' if high == 1 else ''} "
+                      f"(pixels in [0, 1]) for the {threat} threat model")
+        if eps == 0:
+            raise EntryError(f"eps: expected a radius > 0 for the {threat} threat model, got {_shown(entry.get('eps'))}")
+    out["eps"] = eps
     out["eps_str"] = _text(entry.get("eps_str"), "eps_str") or (None if eps is None else f"{eps:g}")
     out["clean"] = _record(entry.get("clean"), "clean")
     if out["clean"] is None:
         raise EntryError("clean: required")
+    clean = out["clean"]["accuracy"]
+
+    def at_most_clean(value: float, field: str) -> None:
+        if norm_ball and value > clean + _TOL:
+            raise EntryError(f"{field}: {value:g} is above the clean accuracy {clean:g} (an attack or certificate "
+                             "cannot make a model more accurate)")
+
     out["robust"] = _record(entry.get("robust"), "robust")
     protocol = entry.get("attack_protocol")
     if out["robust"] is not None:
+        at_most_clean(out["robust"]["accuracy"], "robust.accuracy")
         if not isinstance(protocol, Mapping) or not protocol.get("name"):
             raise EntryError("attack_protocol: a robust accuracy needs the protocol that produced it ({name, ...})")
         n = protocol.get("n_examples")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise EntryError(f"attack_protocol.n_examples: expected a count >= 1, got {n!r}")
+            raise EntryError(f"attack_protocol.n_examples: expected a count >= 1, got {_shown(n)}")
+        if out["robust"]["n"] is not None and out["robust"]["n"] != n:
+            raise EntryError(f"robust.n: {out['robust']['n']} is not attack_protocol.n_examples {n}")
+    if protocol is not None:
+        if not isinstance(protocol, Mapping):
+            raise EntryError(f"attack_protocol: expected an object, got {type(protocol).__name__}")
+        _text(protocol.get("name"), "attack_protocol.name")
+        _text(protocol.get("version"), "attack_protocol.version")
     out["attack_protocol"] = dict(protocol) if isinstance(protocol, Mapping) else None
     external = entry.get("external")
+    out["external"] = None
     if external is not None:
-        out["external"] = _record({"accuracy": external}, "external")["accuracy"]
-    else:
-        out["external"] = None
+        out["external"] = _fraction(external, "external")
+        if out["robust"] is None:
+            raise EntryError("external: an adaptive attack's number needs the attack protocol's robust accuracy "
+                             "it lowers")
+        if out["external"] > out["robust"]["accuracy"] + _TOL:
+            raise EntryError(f"external: {out['external']:g} is above the protocol's robust accuracy "
+                             f"{out['robust']['accuracy']:g}; external is the lower number an adaptive attack found")
     certified = entry.get("certified") or []
     if not isinstance(certified, list):
         raise EntryError("certified: expected a list")
     out["certified"] = []
     for i, c in enumerate(certified):
-        if not isinstance(c, Mapping) or not c.get("method") or c.get("radius") is None:
-            raise EntryError(f"certified[{i}]: expected {{method, norm, radius, accuracy, n, ...}}, got {c!r}")
+        if not isinstance(c, Mapping) or c.get("radius") is None:
+            raise EntryError(f"certified[{i}]: expected {{method, norm, radius, accuracy, n, ...}}, got {_shown(c)}")
+        _text(c.get("method"), f"certified[{i}].method", required=True)
+        if c.get("norm") is not None and c["norm"] not in THREATS[:2]:
+            raise EntryError(f"certified[{i}].norm: expected Linf or L2, got {_shown(c['norm'])}")
         rec = _record(c, f"certified[{i}]")
-        out["certified"].append({**dict(c), **rec, "radius": float(c["radius"])})
+        radius = _number(c["radius"], f"certified[{i}].radius", what="a radius >= 0")
+        at_most_clean(rec["accuracy"], f"certified[{i}].accuracy")
+        out["certified"].append({**dict(c), **rec, "radius": radius})
     if out["robust"] is None and not out["certified"]:
         raise EntryError("robust: an entry needs a robust accuracy or at least one certified accuracy")
     unreliable = entry.get("unreliable", False)
     if not isinstance(unreliable, bool):
-        raise EntryError(f"unreliable: expected true or false, got {unreliable!r}")
+        raise EntryError(f"unreliable: expected true or false, got {_shown(unreliable)}")
     out["unreliable"] = unreliable
     flags = entry.get("audit_flags") or []
     if not isinstance(flags, list):
@@ -160,10 +240,22 @@ def validate(entry: Mapping[str, Any]) -> dict[str, Any]:
     out["source"] = _text(entry.get("source"), "source") or "robust"
     for key, x in (("sweep", "eps"), ("certified_curve", "radius")):
         points = entry.get(key) or []
-        if not isinstance(points, list) or any(not isinstance(p, Mapping) or x not in p or "accuracy" not in p
-                                               for p in points):
-            raise EntryError(f"{key}: expected a list of {{{x}, accuracy}}")
-        out[key] = [{x: float(p[x]), "accuracy": float(p["accuracy"])} for p in points]
+        if not isinstance(points, list):
+            raise EntryError(f"{key}: expected a list of {{{x}, accuracy}}, got {type(points).__name__}")
+        out[key] = []
+        for i, p in enumerate(points):
+            if not isinstance(p, Mapping) or x not in p or "accuracy" not in p:
+                raise EntryError(f"{key}[{i}]: expected {{{x}, accuracy}}, got {_shown(p)}")
+            high = 1.0 if x == "eps" and threat == "Linf" else math.inf
+            point = {x: _number(p[x], f"{key}[{i}].{x}", 0.0, high, f"a radius >= 0{' and <= 1' if high == 1 else ''}"),
+                     "accuracy": _fraction(p["accuracy"], f"{key}[{i}].accuracy")}
+            at_most_clean(point["accuracy"], f"{key}[{i}].accuracy")
+            out[key].append(point)
+    for key, value in out.items():  # stored and exported as standard JSON
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise EntryError(f"{key}: not plain JSON data ({err})") from None
     return out
 
 
@@ -189,7 +281,7 @@ def _threat(report: Mapping[str, Any]) -> tuple[str, float | None, str | None]:
     threat = report["threat"]  # a ThreatModel.to_dict() (check_report refused any other shape)
     norm = _NORMS.get(threat["norm"].lower())
     if norm is None:
-        raise EntryError(f"report threat {threat!r}: expected an L-inf or L2 threat model")
+        raise EntryError(f"report threat {_shown(threat)}: expected an L-inf or L2 threat model")
     return norm, threat.get("eps"), threat.get("eps_str")
 
 
@@ -260,7 +352,7 @@ def check_report(report: Any) -> None:
         if (value is None and type(None) not in types) or not isinstance(value, types) or isinstance(value, bool):
             wanted = " or ".join("null" if t is type(None) else "an object" if t is Mapping else t.__name__
                                  for t in types)
-            raise EntryError(f"report field {field!r}: expected {wanted}, got {value!r:.80}")
+            raise EntryError(f"report field {field!r}: expected {wanted}, got {_shown(value)}")
     for field in ("clean", "robust"):
         if isinstance(report.get(field), Mapping):
             _record(report[field], field)
@@ -269,10 +361,10 @@ def check_report(report: Any) -> None:
         raise EntryError(f"report threat {threat['kind']!r}: an entry needs an L-inf or L2 threat model "
                          "(the evaluation's, not one of its physical or corruption threats)")
     if not isinstance(threat.get("norm"), str):
-        raise EntryError(f"report field 'threat': expected {{norm, eps}}, got {threat!r:.80}")
+        raise EntryError(f"report field 'threat': expected {{norm, eps}}, got {_shown(threat)}")
     for i, point in enumerate(report.get("sweep") or []):
         if not isinstance(point, Mapping):
-            raise EntryError(f"report field 'sweep[{i}]': expected an object, got {point!r:.80}")
+            raise EntryError(f"report field 'sweep[{i}]': expected an object, got {_shown(point)}")
 
 
 def _from_evaluation(report: Mapping[str, Any], base: dict[str, Any]) -> dict[str, Any]:

@@ -7,15 +7,22 @@ import html
 import io
 import json
 import os
+import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from robust.base.state import atomic_write_text
 from robust.leaderboard.ranking import boards as rank_boards
+from robust.leaderboard.text import plain
 from robust.reports.format import interval, percent
 
 FORMATS = ("md", "csv", "json", "html")
+_MD_SPECIAL = re.compile(r"[\\`*_{}\[\]!|~:]")  # escaping [ ] ! and : leaves no link, image or autolink
+_FORMULA = ("=", "+", "-", "@", "\u2212")  # and U+2212 MINUS SIGN, which NFKC keeps
+_CSV_BLANK = "".join(chr(c) for c in range(33)) + "\x7f\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005" \
+    "\u2006\u2007\u2008\u2009\u200a\u200b\u2028\u2029\u202f\u205f\u3000\ufeff"
 
 
 def _rank(row: Mapping[str, Any]) -> str:
@@ -25,8 +32,11 @@ def _rank(row: Mapping[str, Any]) -> str:
 
 
 def _md_text(value: Any) -> str:
-    """Text for a Markdown table cell: HTML escaped (Markdown renders raw HTML), pipes and newlines neutralised."""
-    return html.escape(str(value if value is not None else ""), quote=True).replace("|", "\\|").replace("\n", " ")
+    """Text for a Markdown table cell that renders as the text it is and nothing else: control
+    characters removed, HTML escaped (Markdown renders raw HTML), and the characters that make
+    links, images, autolinks, emphasis, code and table cells backslash-escaped."""
+    text = html.escape(plain(value), quote=True)
+    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), text)
 
 
 def to_markdown(entries: Sequence[Mapping[str, Any]], title: str = "robust leaderboard") -> str:
@@ -50,9 +60,13 @@ def to_markdown(entries: Sequence[Mapping[str, Any]], title: str = "robust leade
 
 
 def _csv_cell(value: Any) -> Any:
-    """Spreadsheets run cells that start with = + - @ as formulas: prefix text ones with a quote."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
+    """Spreadsheets run a cell that starts with = + - @ (also after spaces or control characters, and
+    in their full-width or small forms such as ＝), a tab or a line break as a formula: such text
+    cells get a leading quote."""
+    if isinstance(value, str):
+        start = value.lstrip(_CSV_BLANK)[:1]
+        if value[:1] in ("\t", "\r", "\n") or start in _FORMULA or unicodedata.normalize("NFKC", start)[:1] in _FORMULA:
+            return "'" + value
     return value
 
 

@@ -33,11 +33,13 @@ def _percent(info: Mapping[str, Any], field: str, required: bool) -> float | Non
             raise EntryError(f"{field}: required in a RobustBench record")
         return None
     try:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise TypeError(value)
         number = float(value)
-    except (TypeError, ValueError):
-        raise EntryError(f"{field}: expected a percentage such as \"59.53\", got {value!r}") from None
-    if not 0 <= number <= 100 or math.isnan(number):
-        raise EntryError(f"{field}: expected a percentage in [0, 100], got {value!r}")
+    except (TypeError, ValueError, OverflowError):
+        raise EntryError(f"{field}: expected a percentage such as \"59.53\", got {value!r:.40}") from None
+    if not 0 <= number <= 100 or not math.isfinite(number):
+        raise EntryError(f"{field}: expected a percentage in [0, 100], got {value!r:.40}")
     return number / 100
 
 
@@ -60,6 +62,8 @@ def from_robustbench(info: Mapping[str, Any], threat: str | None = None, n_examp
     dataset = info.get("dataset")
     if not isinstance(dataset, str) or not dataset:
         raise EntryError("dataset: required in a RobustBench record")
+    if n_examples is not None and (isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 1):
+        raise EntryError(f"n_examples: expected a count >= 1, got {n_examples!r}")
     n = n_examples or FULL_TEST_SET.get(dataset.lower())
     if n is None:
         raise EntryError(f"dataset {dataset!r}: unknown test-set size; give n_examples")
@@ -83,11 +87,23 @@ def from_robustbench(info: Mapping[str, Any], threat: str | None = None, n_examp
             eps = parse_eps(eps_text)
         except (TypeError, ValueError):
             raise EntryError(f"eps: expected a radius such as \"8/255\", got {eps_text!r}") from None
-        entry.update(eps=eps, eps_str=str(eps_text), robust={"accuracy": _percent(info, "autoattack_acc", True),
-                                                             "n": n},
+        robust = _percent(info, "autoattack_acc", True)
+        external = _percent(info, "external", False)
+        _at_most(info, "autoattack_acc", robust, "clean_acc", clean)
+        if external is not None:
+            _at_most(info, "external", external, "autoattack_acc", robust)
+        entry.update(eps=eps, eps_str=str(eps_text), robust={"accuracy": robust, "n": n},
                      attack_protocol={"name": "autoattack", "version": "standard", "n_examples": n},
-                     external=_percent(info, "external", False))
+                     external=external)
     return validate(entry)
+
+
+def _at_most(info: Mapping[str, Any], field: str, value: float, bound_field: str, bound: float) -> None:
+    """Refuse ``field`` above ``bound_field`` (robust accuracy above clean, an adaptive attack's number
+    above the protocol's), naming the record's own fields."""
+    if value > bound + 1e-9:
+        raise EntryError(f"{field}: {info[field]!r} is above {bound_field} {info[bound_field]!r}; a robust "
+                         "accuracy is at most the clean one, and external at most autoattack_acc")
 
 
 def read_robustbench(path: str | Path, threat: str | None = None, n_examples: int | None = None) -> dict[str, Any]:
