@@ -12,6 +12,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from robust.base.errors import InputError
 from robust.base.threat import parse_radius
 from robust.models.normalize import Normalize
 
@@ -25,7 +26,7 @@ SHAPE_ATTRS = {"shape", "ndim", "dtype", "device"}
 """Tensor methods and attributes that read a shape, not values: no bounds pass through them."""
 
 
-class UnsupportedLayerError(NotImplementedError):
+class UnsupportedLayerError(InputError, NotImplementedError):
     """A layer or function that a bound-propagation method does not handle."""
 
 

@@ -23,10 +23,22 @@ from torch import nn
 
 from robust.base.batching import batches, collect
 from robust.base.runtime import eval_mode, full_float32, model_device
+from robust.base.safe_load import check_finite_weights
 from robust.base.stats import accuracy_record
 from robust.certify.graph import (  # noqa: F401 - Interval and the error are public names of this module
-    AFFINE, BATCHNORM, MONOTONE_MODULES, Interval, UnsupportedLayerError, check_eval, describe_node, input_box,
-    linf_radius, traced_graph, SHAPE_ATTRS, SHAPE_METHODS)
+    AFFINE,
+    BATCHNORM,
+    MONOTONE_MODULES,
+    SHAPE_ATTRS,
+    SHAPE_METHODS,
+    Interval,
+    UnsupportedLayerError,
+    check_eval,
+    describe_node,
+    input_box,
+    linf_radius,
+    traced_graph,
+)
 
 _MONOTONE_FUNCTIONS = {
     torch.flatten, torch.cat, torch.relu, F.relu, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
@@ -272,6 +284,7 @@ def verified_accuracy(model: nn.Module, data: Any, eps: float, batch_size: int =
     eps = linf_radius(eps)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_finite_weights(model, "certify")
     device = model_device(model)
     per_example: list[bool] = []
     clean = 0

@@ -16,11 +16,12 @@ import torch
 from robust.base.batching import collect
 from robust.base.provenance import describe_run
 from robust.base.runtime import batched_logits, eval_mode, num_classes
+from robust.base.safe_load import check_finite_weights
 from robust.base.stats import accuracy_record
 from robust.certify.smoothing import ABSTAIN, Smooth, attack_smoothed, certify_dataset
 from robust.certify.verify import consistency, smoothing_tolerance, verify
 
-__all__ = ["smoothing_report", "verification_report", "compare_with_evaluation"]
+__all__ = ["smoothing_report", "verification_report", "compare_with_evaluation", "check_evaluation"]
 
 # A smoothing certificate is an L2 ball whose radius varies per example: the report lists radii, no one eps.
 SMOOTHING_THREAT = {"kind": "l2", "norm": "l2"}
@@ -58,7 +59,10 @@ def smoothing_report(
     Under torchrun the examples are certified across ranks (:func:`certify_dataset`); the attack,
     whose noise is one stream over all attacked examples, runs whole on every rank.
     """
+    if attack_radius is not None:
+        _check_attack(attack_radius, attack_examples)
     x, y = collect(data, n_examples)
+    check_finite_weights(model, "certify")
     start = time.perf_counter()
     with eval_mode(model):
         classes = num_classes(model, x)
@@ -87,12 +91,14 @@ def smoothing_report(
         "per_example": rows,
         "empirical": None,
     }
+    bounds = {"radii": [r["radius"] for r in rows], "max_radius": result["max_certifiable_radius"]}
     if attack_radius is not None:
         report["empirical"], report["consistency"] = _smoothing_attack(
-            smooth, x, y, rows, float(attack_radius), attack_examples, alpha, batch_size, seed, attack_options or {})
+            smooth, x, y, rows, float(attack_radius), attack_examples, alpha, batch_size, seed, attack_options or {},
+            bounds)
     else:
         report["consistency"] = consistency(report["clean"], None, report["certified_accuracy"][0]["certified"],
-                                            what="smoothed classifier")
+                                            what="smoothed classifier", **bounds)
     report["seconds"] = time.perf_counter() - start
     report["protocol"] = {"n_examples": total, "seed": seed, "batch_size": batch_size, "num_classes": classes,
                           **describe_run(model, checkpoint)}
@@ -101,9 +107,7 @@ def smoothing_report(
 
 def _smoothing_attack(smooth: Smooth, x: torch.Tensor, y: torch.Tensor, rows: list[dict], radius: float,
                       count: int, alpha: float, batch_size: int, seed: int,
-                      options: Mapping[str, Any]) -> tuple[dict, dict]:
-    if count < 1:
-        raise ValueError(f"attack_examples must be >= 1, got {count}")
+                      options: Mapping[str, Any], bounds: Mapping[str, Any]) -> tuple[dict, dict]:
     m = min(count, len(rows))
     settings = {"steps": 20, "samples": 16, "n": 1_000, **options}
     start = time.perf_counter()
@@ -122,8 +126,15 @@ def _smoothing_attack(smooth: Smooth, x: torch.Tensor, y: torch.Tensor, rows: li
     # each certificate fails with probability <= alpha and each PREDICT answer is wrong with <= alpha
     check = consistency(empirical["clean"], empirical["robust"], empirical["certified"], violations=violations,
                         tolerance=smoothing_tolerance(m, 2 * alpha),
-                        what=f"smoothed classifier on the first {m} examples at L2 radius {radius:g}")
+                        what=f"smoothed classifier on the first {m} examples at L2 radius {radius:g}", **bounds)
     return empirical, check
+
+
+def _check_attack(radius: Any, count: Any) -> None:
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius < 0:
+        raise ValueError(f"attack_radius must be a finite L2 radius >= 0, got {radius!r}")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"attack_examples must be an integer >= 1, got {count!r}")
 
 
 def verification_report(
@@ -144,6 +155,7 @@ def verification_report(
     if not eps:
         raise ValueError("give at least one eps")
     x, y = collect(data, n_examples)
+    check_finite_weights(model, "certify")
     start = time.perf_counter()
     reports = [verify(model, (x, y), e, method, attack, attack_options, batch_size=batch_size, seed=seed,
                       progress=progress) for e in eps]
@@ -169,22 +181,13 @@ def compare_with_evaluation(report: dict, evaluation: Mapping) -> dict:
     (the evaluation's ``robust_mask``), else on the totals. Adds the checks to
     ``report["consistency"]`` and returns it.
     """
-    threat, other = report["threat"], evaluation.get("threat") or {}
-    if other.get("norm") != threat["norm"] or not math.isclose(float(other.get("eps") or -1), float(threat["eps"]),
-                                                               rel_tol=1e-6):
-        raise ValueError(f"the evaluation report measures {_describe(other)}, this certification "
-                         f"{_describe(threat)}: compare reports of the same threat model")
-    robust = evaluation.get("robust")
-    per_example = evaluation.get("per_example") or {}
     rows = report["per_example"]
+    masks = check_evaluation(evaluation, report["threat"], [r["label"] for r in rows])
     violations: list[int] = []
-    if per_example.get("label") == [r["label"] for r in rows] and per_example.get("robust"):
-        broken = [any(bits[i] == "0" for bits in per_example["robust"].values()) for i in range(len(rows))]
+    if masks is not None:
+        broken = [any(bits[i] == "0" for bits in masks) for i in range(len(rows))]
         violations = [r["idx"] for r, b in zip(rows, broken) if r["status"] == "verified" and b]
-    elif robust is None or robust.get("n") != report["n_examples"]:
-        raise ValueError(f"the evaluation report covers {None if robust is None else robust.get('n')} examples, "
-                         f"this certification {report['n_examples']}: evaluate the same examples")
-    check = consistency(report["clean"], robust, report["certified"], violations=violations,
+    check = consistency(report["clean"], evaluation["robust"], report["certified"], violations=violations,
                         what="against the evaluation report ("
                         + ", ".join((evaluation.get("per_attack") or {}).keys()) + ")")
     merged = report["consistency"]
@@ -192,6 +195,38 @@ def compare_with_evaluation(report: dict, evaluation: Mapping) -> dict:
     merged["flags"] = [c for c in merged["checks"] if not c["passed"]]
     merged["ok"] = not merged["flags"]
     return merged
+
+
+def check_evaluation(evaluation: Mapping, threat: Mapping, labels: Sequence[int]) -> list[str] | None:
+    """Refuse an evaluation report that cannot be compared with a certification of the examples with
+    ``labels`` under ``threat`` (``norm``, ``eps``): another threat model, other examples, damaged
+    masks. Returns its per-example robust masks (one ``"0"``/``"1"`` string per attack) when they
+    cover these examples, ``None`` when only the totals can be compared."""
+    other = evaluation.get("threat")
+    other = other if isinstance(other, Mapping) else {}
+    try:
+        same = other.get("norm") == threat["norm"] and math.isclose(float(other.get("eps") or -1),
+                                                                    float(threat["eps"]), rel_tol=1e-6)
+    except (TypeError, ValueError):
+        same = False
+    if not same:
+        raise ValueError(f"the evaluation report measures {_describe(other)}, this certification "
+                         f"{_describe(threat)}: compare reports of the same threat model")
+    per_example = evaluation.get("per_example")
+    per_example = per_example if isinstance(per_example, Mapping) else {}
+    masks = per_example.get("robust")
+    if per_example.get("label") == list(labels) and isinstance(masks, Mapping) and masks:
+        if any(not isinstance(bits, str) or len(bits) != len(labels) or not set(bits) <= {"0", "1"}
+               for bits in masks.values()):
+            raise ValueError(f"the evaluation report's per-example robust masks do not cover its {len(labels)} "
+                             "examples: a damaged or edited report")
+        return list(masks.values())
+    robust = evaluation.get("robust")
+    total = robust.get("n") if isinstance(robust, Mapping) else None
+    if total != len(labels):
+        raise ValueError(f"the evaluation report covers {total} examples, this certification {len(labels)}: "
+                         "evaluate the same examples")
+    return None
 
 
 def _describe(threat: Mapping) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -25,11 +26,21 @@ from tqdm.auto import tqdm
 
 from robust.base import distributed
 from robust.base.runtime import autocast, check_precision, eval_mode, fold_batchnorm, model_device
-from robust.base.state import Journal, fingerprint
+from robust.base.safe_load import check_finite_weights
+from robust.base.state import Journal, fingerprint, model_fingerprint
 from robust.base.stats import accuracy_record
 from robust.base.threat import parse_radius
 
 ABSTAIN = -1
+ROW_FIELDS = ("idx", "label", "predict", "count", "radius", "correct", "time")
+"""A row of the resume state: the example's index and label, CERTIFY's class (-1: abstain), how many
+of the ``n`` samples voted for the guessed class, the radius that count gives, whether it is right, seconds."""
+RECHECKED_ROWS = 2
+"""Rows of a resumed state that are certified again and compared before the state is trusted."""
+
+
+class NonFiniteLogitsError(ValueError):
+    """The base model returned NaN or infinite logits on noisy inputs: its votes would be meaningless."""
 
 
 def lower_confidence_bound(k: int, n: int, alpha: float) -> float:
@@ -46,6 +57,26 @@ def lower_confidence_bound(k: int, n: int, alpha: float) -> float:
 def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
     """The largest radius CERTIFY can return: all ``n`` samples agree, ``pA_lower = alpha ** (1 / n)``."""
     return float(sigma * norm.ppf(alpha ** (1.0 / n)))
+
+
+def radius_from_count(count: int, n: int, alpha: float, sigma: float) -> float | None:
+    """The radius CERTIFY gives when ``count`` of ``n`` samples vote for the guessed class, or ``None``
+    when that count abstains (``pA_lower < 0.5``)."""
+    p_lower = lower_confidence_bound(count, n, alpha)
+    return None if p_lower < 0.5 else float(sigma * norm.ppf(p_lower))
+
+
+def check_certifiable(sigma: float, n: int, alpha: float) -> float:
+    """The largest certifiable radius of these settings; a ``ValueError`` when it is not a finite
+    number > 0 (``n`` too small for ``alpha``: every example would abstain; ``sigma`` overflowing)."""
+    top = max_certifiable_radius(sigma, n, alpha)
+    if not top > 0:
+        need = math.floor(math.log(alpha) / math.log(0.5)) + 1
+        raise ValueError(f"n = {n} samples cannot certify anything at alpha = {alpha}: even when all agree the "
+                         f"lower confidence bound stays below 1/2 (every example abstains); use n >= {need}")
+    if not math.isfinite(top):
+        raise ValueError(f"sigma = {sigma!r} is too large: the largest certifiable radius overflows")
+    return top
 
 
 def _count(value: Any, field: str, minimum: int = 1) -> int:
@@ -141,15 +172,21 @@ class Smooth:
         With probability at least ``1 - alpha`` a non-abstaining answer is correct: ``g`` predicts
         that class everywhere within the radius. Abstains with ``(-1, 0.0)`` when ``pA_lower < 0.5``.
         """
+        predict, _, radius = self._certify(x, n0, n, alpha, batch_size, generator)
+        return predict, radius
+
+    def _certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int,
+                 generator: torch.Generator | None) -> tuple[int, int, float]:
+        """CERTIFY's ``(class, count of the guessed class among the n samples, radius)``."""
         n0, n, alpha = _count(n0, "n0"), _count(n, "n"), _alpha(alpha)
         batch_size = _count(batch_size, "batch_size")
         image = self._image(x)
         c_hat = int(self._counts(image, n0, batch_size, generator).argmax())
         n_a = int(self._counts(image, n, batch_size, generator)[c_hat])
-        p_lower = lower_confidence_bound(n_a, n, alpha)
-        if p_lower < 0.5:
-            return ABSTAIN, 0.0
-        return c_hat, float(self.sigma * norm.ppf(p_lower))
+        radius = radius_from_count(n_a, n, alpha, self.sigma)
+        if radius is None:
+            return ABSTAIN, n_a, 0.0
+        return c_hat, n_a, radius
 
     def _image(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -167,6 +204,7 @@ class Smooth:
         generator = self.generator if generator is None else generator
         model = self._counter()
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
         ones = torch.ones(min(batch_size, num), dtype=torch.long, device=self.device)
         buffer = torch.empty((min(batch_size, num), *x.shape), device=self.device, dtype=x.dtype)
         if self.fast and buffer.dim() == 4:
@@ -181,8 +219,14 @@ class Smooth:
                 if logits.dim() != 2 or logits.shape[1] != self.num_classes:
                     raise ValueError(f"model returned logits of shape {tuple(logits.shape)}, "
                                      f"expected (batch, num_classes={self.num_classes})")
+                finite &= torch.isfinite(logits).all()  # checked once at the end: no host sync per batch
                 # index_add_ rather than bincount: CUDA bincount syncs with the host on every batch
                 counts.index_add_(0, logits.argmax(1), ones[:size])
+        if not bool(finite):
+            check_finite_weights(self.model, "certify")
+            raise NonFiniteLogitsError(f"the base model returned NaN or infinite logits on noisy inputs (sigma = "
+                                       f"{self.sigma:g}, precision {self.precision}): its votes mean nothing; "
+                                       "use a smaller sigma" + (" or float32" if self.precision != "32" else ""))
         return counts.cpu()
 
 
@@ -208,7 +252,8 @@ def certify_dataset(
 ) -> dict:
     """CERTIFY every image of ``x`` (N, C, H, W) against labels ``y`` (N,).
 
-    Returns ``rows`` (``idx label predict radius correct time``, as the reference ``certify.py``),
+    Returns ``rows`` (``idx label predict radius correct time``, as the reference ``certify.py``; the
+    resume state keeps each row's vote ``count`` too),
     ``certified_accuracy`` (radius -> accuracy record: ``predict == label`` and ``radius >= r``),
     ``acr`` (average certified radius, 0 for wrong or abstained examples), ``abstention_rate``,
     ``seconds_per_example``, ``max_certifiable_radius`` and ``warnings``. Radii are L2, pixel units.
@@ -217,9 +262,13 @@ def certify_dataset(
     ``3.2 * sigma`` at ``n = 10_000, alpha = 0.001``); asking for one warns.
 
     ``state_path``: a resume journal (:class:`robust.base.state.Journal`); each finished round of
-    rows is appended, and a restarted call skips the rows already there. With ``Smooth(seed=...)`` the noise of each example depends
-    only on the seed and its index, so a resumed run equals an uninterrupted one. A state
-    written for other settings or data is refused. ``callback(row)`` runs after each row.
+    rows is appended, and a restarted call skips the rows already there. With ``Smooth(seed=...)``
+    the noise of each example depends only on the seed and its index, so a resumed run equals an
+    uninterrupted one. A state written for another model, other settings or data is refused, and
+    so is one whose rows are not what CERTIFY can return (a radius above the largest certifiable
+    one, a class or count out of range, a radius its count does not give) or whose sampled rows
+    (:data:`RECHECKED_ROWS`, certified again with the same noise) do not re-compute.
+    ``callback(row)`` runs after each row.
     Under torchrun example ``i`` is certified on rank ``i % world_size``, every rank gets every
     row and rank 0 alone reads and writes the state file.
     """
@@ -228,17 +277,29 @@ def certify_dataset(
     if x.dim() != 4 or y.dim() != 1 or len(x) != len(y):
         raise ValueError(f"x must be (N, C, H, W) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
     radii = [parse_radius(r, "radius", "L2 radius in pixel units") for r in radii]
+    top = check_certifiable(smooth.sigma, n, alpha)
+    _check_labels(y, smooth.num_classes)
+    check_finite_weights(smooth.model, "certify")
     settings = {"n0": n0, "n": n, "alpha": alpha, "batch_size": batch_size, "sigma": smooth.sigma,
-                "precision": smooth.precision,
-                "num_classes": smooth.num_classes, "seed": smooth.seed, "data": fingerprint(x, y.to(torch.int64))}
-    journal = None if state_path is None else Journal(state_path, "smoothing certification", settings)
-    rows = {} if journal is None else distributed.run_on_main(journal.load)
+                "precision": smooth.precision, "num_classes": smooth.num_classes, "seed": smooth.seed,
+                "data": fingerprint(x, y.to(torch.int64)), "model": model_fingerprint(smooth.model),
+                "device": smooth.device.type, "fast": smooth.fast}
+    journal = None if state_path is None else Journal(state_path, "smoothing certification", settings,
+                                                      "model, data, device or settings")
+
+    def resume() -> dict[int, dict]:
+        stored = journal.load()
+        _check_rows(journal, stored, y, n, alpha, smooth.sigma, smooth.num_classes, top)
+        _recheck_rows(journal, stored, smooth, x, n0, n, alpha, batch_size)
+        return stored
+
+    rows = {} if journal is None else distributed.run_on_main(resume)
 
     def compute(idx: int) -> dict:
         label = int(y[idx])
         start = time.perf_counter()
-        predict, radius = smooth.certify(x[idx], n0, n, alpha, batch_size, _example_generator(smooth, idx))
-        return {"idx": idx, "label": label, "predict": predict, "radius": radius,
+        predict, count, radius = smooth._certify(x[idx], n0, n, alpha, batch_size, _example_generator(smooth, idx))
+        return {"idx": idx, "label": label, "predict": predict, "count": count, "radius": radius,
                 "correct": int(predict == label), "time": time.perf_counter() - start}
 
     bar = tqdm(total=len(x) - len(rows), desc="certify", unit="img", disable=not (progress and distributed.is_main()),
@@ -251,11 +312,79 @@ def certify_dataset(
         bar.update(len(new))
         if callback is not None:
             for row in new.values():
-                callback(row)
+                callback(_public(row))
 
     distributed.map_batches(len(x), compute, skip=rows, on_round=finished)
     bar.close()
-    return _summarise([rows[i] for i in range(len(x))], radii, max_certifiable_radius(smooth.sigma, n, alpha))
+    return _summarise([_public(rows[i]) for i in range(len(x))], radii, top)
+
+
+def _public(row: dict) -> dict:
+    """A row as reports show it (the vote count stays in the resume state, where it vouches for the radius)."""
+    return {k: v for k, v in row.items() if k != "count"}
+
+
+def _check_labels(y: torch.Tensor, classes: int) -> None:
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= classes):
+        raise ValueError(f"labels must lie in 0..{classes - 1} (the model's classes), got {int(y.min())}.."
+                         f"{int(y.max())}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_rows(journal: Journal, rows: dict, y: torch.Tensor, n: int, alpha: float, sigma: float, classes: int,
+                top: float) -> None:
+    """Refuse stored rows that CERTIFY cannot have returned for these settings and labels."""
+    for key, row in rows.items():
+        if not isinstance(row, dict) or set(row) != set(ROW_FIELDS):
+            raise journal.invalid(f"row {key!r} is not a certification row (fields {', '.join(ROW_FIELDS)})")
+        idx, predict, count, radius = row["idx"], row["predict"], row["count"], row["radius"]
+        if not (_is_int(key) and _is_int(idx) and key == idx and 0 <= idx < len(y)):
+            raise journal.invalid(f"row {key!r} names example {idx!r}, not one of 0..{len(y) - 1}")
+        if not all(_is_int(row[k]) for k in ("label", "predict", "count", "correct")) or \
+                not all(_is_number(row[k]) for k in ("radius", "time")):
+            raise journal.invalid(f"row {idx} holds a value of the wrong type ({str(row)[:200]})")
+        if row["label"] != int(y[idx]):
+            raise journal.invalid(f"row {idx} has label {row['label']}, the data's is {int(y[idx])}")
+        if not -1 <= predict < classes:
+            raise journal.invalid(f"row {idx} predicts class {predict}, outside -1..{classes - 1}")
+        if not 0 <= count <= n:
+            raise journal.invalid(f"row {idx} counts {count} votes, outside 0..n = {n}")
+        if radius < 0 or radius > top * (1 + 1e-9):
+            raise journal.invalid(f"row {idx} has radius {radius!r}, outside 0..{top:.6g}, the largest certifiable "
+                                  f"radius (sigma * Phi^-1(alpha ** (1 / n)))")
+        expected = radius_from_count(count, n, alpha, sigma)
+        if (expected is None) != (predict == ABSTAIN) or not math.isclose(radius, expected or 0.0, rel_tol=1e-9,
+                                                                          abs_tol=1e-12):
+            raise journal.invalid(f"row {idx} has radius {radius!r} and class {predict}, but {count} of {n} votes "
+                                  + ("abstain" if expected is None else f"give radius {expected!r}"))
+        if row["correct"] != int(predict == row["label"]) or row["time"] < 0:
+            raise journal.invalid(f"row {idx} marks correct = {row['correct']} for class {predict} and label "
+                                  f"{row['label']}" + (f", time {row['time']}" if row["time"] < 0 else ""))
+
+
+def _recheck_rows(journal: Journal, rows: dict, smooth: Smooth, x: torch.Tensor, n0: int, n: int, alpha: float,
+                  batch_size: int) -> None:
+    """Certify a few stored rows again (the one with the largest certified radius, and one at random) with
+    their own noise and compare: only ``Smooth(seed=...)`` makes that noise reproducible."""
+    if smooth.seed is None or not rows:
+        return
+    best = max(rows.values(), key=lambda r: (r["correct"], r["radius"], -r["idx"]))["idx"]
+    picked = [best, random.SystemRandom().choice(sorted(rows))][:RECHECKED_ROWS]
+    slack = 0 if smooth.device.type == "cpu" else max(1, n // 1000)  # CUDA kernels may flip a borderline vote
+    for idx in dict.fromkeys(picked):
+        row = rows[idx]
+        predict, count, _ = smooth._certify(x[idx], n0, n, alpha, batch_size, _example_generator(smooth, idx))
+        if predict != row["predict"] or abs(count - row["count"]) > slack:
+            raise journal.invalid(f"row {idx} does not re-compute: it says class {row['predict']} with "
+                                  f"{row['count']}/{n} votes, certifying it again gives class {predict} with "
+                                  f"{count}/{n}")
 
 
 def _summarise(rows: list[dict], radii: list[float], max_radius: float) -> dict:
@@ -302,10 +431,11 @@ def attack_smoothed(
     non-abstaining answer here a rare event (probability at most about 2 * alpha).
     """
     steps, samples = _count(steps, "steps"), _count(samples, "samples")
-    if not math.isfinite(radius) or radius < 0:
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius < 0:
         raise ValueError(f"radius must be a finite number >= 0, got {radius!r}")
     if x.dim() != 4 or y.dim() != 1 or len(x) != len(y):
         raise ValueError(f"x must be (N, C, H, W) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
+    radius = min(float(radius), math.sqrt(x[0].numel()))  # the diameter of [0, 1]^d: a larger ball adds nothing
     device = smooth.device
     generator = torch.Generator(device=device).manual_seed(seed)
     per_chunk = max(1, batch_size // samples)

@@ -26,6 +26,7 @@ from robust.attacks.independent import build_attack
 from robust.base import distributed
 from robust.base.batching import collect
 from robust.base.runtime import eval_mode, full_float32, model_device, num_classes
+from robust.base.safe_load import check_finite_weights
 from robust.base.stats import accuracy_record
 from robust.base.threat import ThreatModel
 from robust.certify.ibp import certified, elided_bounds
@@ -78,9 +79,15 @@ def verify(
     (:func:`robust.base.distributed.map_batches`) and every rank returns the same report.
     """
     threat = ThreatModel("linf", eps)
+    if float(threat.eps) > 1:
+        raise ValueError(f"eps {threat.eps!r} is above 1: an L-inf ball that large covers every image in [0, 1] "
+                         "(eps is in pixel units, e.g. 8/255)")
+    if method not in METHODS:
+        raise ValueError(f"unknown verification method {method!r}; choose from {', '.join(METHODS)}")
     x, y = collect(data, n_examples)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    check_finite_weights(model, "certify")
     device = model_device(model)
     n_batches = (len(x) + batch_size - 1) // batch_size
 
@@ -149,15 +156,23 @@ def verify(
 
 
 def consistency(clean: Mapping, robust: Mapping | None, certified: Mapping, violations: Sequence[int] = (),
-                tolerance: int = 0, what: str = "") -> dict[str, Any]:
+                tolerance: int = 0, what: str = "", radii: Sequence[float] = (),
+                max_radius: float | None = None) -> dict[str, Any]:
     """Check ``certified <= robust <= clean`` (accuracy records on the same examples).
 
     ``tolerance`` examples of slack are allowed on each inequality (randomized smoothing's
     certificates hold with probability 1 - alpha, so a few failures are expected there; bound
-    methods get none). ``violations`` are examples that were both certified and broken.
+    methods get none). ``violations`` are examples that were both certified and broken. With
+    ``max_radius`` (randomized smoothing's largest certifiable radius) every one of ``radii`` (the
+    per-example certified radii) must be a number in [0, max_radius]: no sample can certify more.
     Returns ``{"ok", "checks", "flags"}``; a flag names the inequality and the numbers.
     """
     checks = []
+    if max_radius is not None:
+        beyond = [r for r in radii if not 0 <= float(r) <= max_radius * (1 + 1e-9)]
+        checks.append({"name": "radius <= largest certifiable", "passed": not beyond and math.isfinite(max_radius),
+                       "message": f"{len(beyond)} of {len(radii)} radii outside [0, {max_radius:.6g}]"
+                                  + (f": {beyond[:5]}" if beyond else "") + (" VIOLATED" if beyond else "")})
 
     def check(name: str, small: Mapping, large: Mapping, allowed: int) -> None:
         lhs, rhs = int(small["correct"]), int(large["correct"])

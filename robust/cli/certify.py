@@ -25,13 +25,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from robust.cli.options import (
-    ArgumentParser, UsageError, add_run_arguments, add_source_arguments, attack_names, check_run_arguments,
-    describe_model, json_arg, load_source, parse_args, resolve_threats, resume_state, wandb_project, wandb_run)
+    ArgumentParser,
+    UsageError,
+    add_run_arguments,
+    add_source_arguments,
+    attack_names,
+    check_run_arguments,
+    describe_model,
+    json_arg,
+    load_source,
+    parse_args,
+    resolve_threats,
+    resume_state,
+    wandb_project,
+    wandb_run,
+)
 
 STATE_NAME = "certify_state.jsonl"
 
@@ -85,22 +99,104 @@ def _radii(text: str, name: str) -> list[float]:
     return radii
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Refuse bad option values in one line before anything is loaded or written."""
+    for name in ("n_examples", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    out = Path(args.out)
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise UsageError(f"--out {out} cannot be a folder: {folder} is a file")
+            break
+    if args.method == "smoothing":
+        if args.sigma is not None and not (math.isfinite(args.sigma) and args.sigma > 0):
+            raise UsageError(f"--sigma must be a finite number > 0, got {args.sigma}")
+        for name in ("n0", "n"):
+            if getattr(args, name) < 1:
+                raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
+        if not (math.isfinite(args.alpha) and 0 < args.alpha < 1):
+            raise UsageError(f"--alpha must be a probability in (0, 1), got {args.alpha}")
+        if args.attack_radius is not None and not (math.isfinite(args.attack_radius) and args.attack_radius >= 0):
+            raise UsageError(f"--attack-radius must be a finite L2 radius >= 0, got {args.attack_radius}")
+        if args.attack_examples < 1:
+            raise UsageError(f"--attack-examples must be >= 1, got {args.attack_examples}")
+        if args.sigma is not None:
+            _certifiable(args.sigma, args)
+        _radii(args.radii, "--radii")
+    else:
+        if args.eps is not None:
+            from robust.base.threat import ThreatModel
+
+            for value in (v.strip() for v in args.eps.split(",") if v.strip()):
+                _linf_eps(ThreatModel("linf", value).eps)
+        json_arg(args.attack_options, "--attack-options")
+
+
+def _certifiable(sigma: float, args: argparse.Namespace) -> None:
+    from robust.certify.smoothing import check_certifiable
+
+    try:
+        check_certifiable(sigma, args.n, args.alpha)
+    except ValueError as err:
+        raise UsageError(f"--n/--alpha/--sigma: {err}") from None
+
+
+def _linf_eps(eps: float) -> float:
+    if eps > 1:
+        hint = f"; did you mean {eps:g}/255?" if eps <= 255 else ""
+        raise UsageError(f"--eps {eps:g} is above 1: an L-inf ball that large covers every image in [0, 1] (eps is "
+                         f"in pixel units{hint})")
+    return eps
+
+
+def _check_model(args: argparse.Namespace, model: Any, x: Any, y: Any, eps: list[float], options: dict) -> None:
+    """Refuse, before anything is written, a model with non-finite weights, an attack that cannot be
+    built, and (bound methods) a layer the bounds do not handle, on one example."""
+    from robust.base.runtime import eval_mode, num_classes
+    from robust.base.safe_load import check_finite_weights
+
+    check_finite_weights(model, "certify")
+    if args.method == "smoothing" or not len(x):
+        return
+    from robust.attacks.independent import build_attack
+    from robust.base.threat import ThreatModel
+    from robust.certify.verify import margins
+
+    with eval_mode(model):
+        if args.attack.lower() != "none":
+            build_attack(args.attack, ThreatModel("linf", eps[0]), num_classes(model, x), **options)
+        margins(model, x[:1], y[:1], eps[0], args.method)
+
+
 def run(argv: list[str]) -> int:
     args = parse_args(parser(), argv)
+    _check_arguments(args)
     from robust.base import distributed
     from robust.certify import report as certification
 
+    wandb_project(args)  # refuses a bad combination before the ranks start
+    evaluation = _read_report(args.evaluation) if args.method != "smoothing" and args.evaluation else None
     x, y, data_desc, model, ckpt_threat, ckpt_method = load_source(args)
+    eps: list[float] = []
+    attack_options: dict[str, Any] = {}
     if args.method == "smoothing":
         sigma = args.sigma if args.sigma is not None else getattr(ckpt_method, "sigma", None)
         if sigma is None:
             raise UsageError("give --sigma (this model was not trained with GaussianNoise)")
+        _certifiable(sigma, args)
         radii = _radii(args.radii, "--radii")
     else:
-        eps = [threat.eps for threat in resolve_threats(args, ckpt_threat, norm="linf")]
+        eps = [_linf_eps(threat.eps) for threat in resolve_threats(args, ckpt_threat, norm="linf")]
         attack_options = json_arg(args.attack_options, "--attack-options")
-        evaluation = _read_report(args.evaluation) if args.evaluation else None
-    wandb_project(args)  # refuses a bad combination before the ranks start
+        if evaluation is not None:
+            count = min(args.n_examples or len(y), len(y))
+            certification.check_evaluation(evaluation, {"norm": "linf", "eps": eps[0]}, y[:count].tolist())
+    _check_model(args, model, x, y, eps, attack_options)
     device = distributed.init_from_env(check_run_arguments(args))
     try:
         model = model.to(device).eval()
@@ -164,8 +260,13 @@ def _read_report(path: str) -> dict[str, Any]:
         report = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UsageError(f"{file}: not a JSON report of robust evaluate") from None
-    if not isinstance(report, dict) or "threat" not in report or "robust" not in report:
+    if not isinstance(report, dict) or not isinstance(report.get("threat"), dict) \
+            or not isinstance(report.get("robust"), dict):
         raise UsageError(f"{file}: not a report of robust evaluate (no threat or robust accuracy)")
+    counts = [report["robust"].get(k) for k in ("correct", "n")]
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts) or counts[0] > counts[1]:
+        raise UsageError(f"{file}: its robust accuracy is not correct/n counts with correct <= n "
+                         f"({report['robust']})"[:300])
     return report
 
 

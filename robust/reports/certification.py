@@ -37,7 +37,10 @@ def plot_certified_radius(report: Mapping, path: str | os.PathLike) -> Path:
     total = max(len(rows), 1)
     top = float(report["max_certifiable_radius"])
     marks = report["certified_accuracy"]
-    grid = np.linspace(0.0, max(top, max((m["radius"] for m in marks), default=0.0)) * 1.05, 400)
+    empirical = report.get("empirical")
+    asked = [m["radius"] for m in marks] + ([empirical["radius"]] if empirical else [])
+    # radii far beyond the largest certifiable one are 0% by construction: the axis stops at 4x that radius
+    grid = np.linspace(0.0, min(max([top, *asked]), 4 * top if top > 0 else 1.0) * 1.05, 400)
     radii = np.array([r["radius"] for r in rows if r["correct"]], dtype=float)
     curve = 100 * np.array([(radii >= g).sum() / total for g in grid])
     fig = figure(7, 4.5)
@@ -47,7 +50,6 @@ def plot_certified_radius(report: Mapping, path: str | os.PathLike) -> Path:
     ax.errorbar([m["radius"] for m in marks], [100 * r["accuracy"] for r in records], yerr=yerr(records),
                 fmt="o", color=CERTIFIED_COLOR, capsize=3, label="requested radii, 95% CI")
     ax.axvline(top, color="grey", linestyle=":", label=f"largest certifiable radius {top:.3g}")
-    empirical = report.get("empirical")
     if empirical:
         ax.errorbar([empirical["radius"]], [100 * empirical["robust"]["accuracy"]], yerr=yerr([empirical["robust"]]),
                     fmt="s", color=ROBUST_COLOR, capsize=3,
