@@ -34,7 +34,7 @@ from robust.attacks.training import pgd
 from robust.base import distributed
 from robust.base import spec as specs
 from robust.base.errors import InputError
-from robust.base.runtime import to_channels_last
+from robust.base.runtime import ModelDataMismatch, check_fits, to_channels_last
 from robust.base.safe_load import StateDictMismatchError, check_checkpoint, check_hyper_parameters, state_dict_mismatch
 from robust.base.threat import Eps, ThreatModel
 from robust.evaluation import evaluate
@@ -260,23 +260,18 @@ class RobustClassifier(pl.LightningModule):
         param = next(iter(self.model.parameters()), None)
         if param is not None and param.device.type == "meta":
             return
-        device = param.device if param is not None else torch.device("cpu")
         name = type(datamodule).__name__
-        training = self.model.training
         try:
-            with torch.random.fork_rng(devices=[]), torch.no_grad():
-                self.model.eval()
-                logits = self.model(torch.zeros(1, channels, size, size, device=device))
-        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            with torch.random.fork_rng(devices=[]):
+                outputs = check_fits(self.model, torch.zeros(1, channels, size, size), data=name)
+        except ModelDataMismatch as exc:
             raise DataMismatchError(
                 f"the model ({type(self.model).__name__}) does not take the images of {name} "
-                f"({channels}x{size}x{size}): {first[:200]}; set the model's in_channels/input_size to match") from None
-        finally:
-            self.model.train(training)
-        if isinstance(logits, torch.Tensor) and logits.ndim == 2 and logits.shape[1] != classes:
+                f"({channels}x{size}x{size}): {str(exc)[:300]}; set the model's in_channels/input_size to match"
+            ) from None
+        if outputs != classes:
             raise DataMismatchError(
-                f"the model ({type(self.model).__name__}) has {logits.shape[1]} outputs but {name} has {classes} "
+                f"the model ({type(self.model).__name__}) has {outputs} outputs but {name} has {classes} "
                 f"classes: set num_classes: {classes} in the model's init_args")
 
     @property

@@ -36,6 +36,7 @@ from robust.cli.options import (
     add_run_arguments,
     add_source_arguments,
     attack_names,
+    check_options,
     check_run_arguments,
     describe_model,
     json_arg,
@@ -101,18 +102,7 @@ def _radii(text: str, name: str) -> list[float]:
 
 def _check_arguments(args: argparse.Namespace) -> None:
     """Refuse bad option values in one line before anything is loaded or written."""
-    for name in ("n_examples", "batch_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.seed < 0:
-        raise UsageError(f"--seed must be >= 0, got {args.seed}")
-    out = Path(args.out)
-    for folder in (out, *out.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise UsageError(f"--out {out} cannot be a folder: {folder} is a file")
-            break
+    check_options(args)  # counts, seed, device, --out, wandb project
     if args.method == "smoothing":
         if args.sigma is not None and not (math.isfinite(args.sigma) and args.sigma > 0):
             raise UsageError(f"--sigma must be a finite number > 0, got {args.sigma}")

@@ -16,10 +16,20 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
 from robust.cli.options import (
-    ArgumentParser, UsageError, add_source_arguments, add_threat_arguments, attack_names, json_arg, load_source,
-    parse_args, resolve_threat)
+    ArgumentParser,
+    UsageError,
+    add_source_arguments,
+    add_threat_arguments,
+    attack_names,
+    json_arg,
+    load_source,
+    parse_args,
+    resolve_threat,
+)
+from robust.cli.options import check_options as shared_options
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,16 +53,12 @@ def parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str]) -> int:
     args = parse_args(parser(), argv)
-    from robust.deploy.export import FORMATS, ExportError, check_opset, check_out_dir, export_verified
+    from robust.deploy.export import FORMATS, ExportError, check_opset, export_verified
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     if not formats or any(f not in FORMATS for f in formats):
         raise UsageError(f"--formats must name some of {', '.join(FORMATS)}, got {args.formats!r}")
-    for name in ("n_examples", "batch_size"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.seed < 0:
-        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    shared_options(args)  # counts, seed, device, --out, wandb project
     if not (math.isfinite(args.tolerance) and 0 <= args.tolerance <= 100):
         raise UsageError(f"--tolerance is in points, between 0 and 100, got {args.tolerance}")
     if "onnx" in formats:
@@ -60,7 +66,7 @@ def run(argv: list[str]) -> int:
             check_opset(args.opset)
         except ExportError as err:
             raise UsageError(f"--{err}") from None
-    out = check_out_dir(args.out)
+    out = Path(args.out)
     from robust.attacks.registry import check_options
 
     attack_options = check_options(args.attack, json_arg(args.attack_options, "--attack-options"), "--attack-options: ")
