@@ -416,6 +416,8 @@ def load_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, int
         dm.setup("test" if args.split == "test" else "fit")
         x, y = dm.test_tensors() if args.split == "test" else dm.val_tensors()
         description = f"{type(dm).__name__} ({args.split} split)"
+        if getattr(dm, "source", None):
+            description += f", {dm.source}"  # which copy of the data set (GTSRB: offline copy or torchvision)
     args.exact_classes = not getattr(dm, "classes_inferred", False)
     if len(y) == 0:
         raise UsageError(f"{description} holds no examples")

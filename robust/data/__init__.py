@@ -10,11 +10,13 @@ from robust.data.digits import Digits
 from robust.data.mnist10k import MNIST10k, default_mnist_t10k_root, load_mnist_t10k, read_idx
 from robust.data.npz import Npz
 from robust.data.registry import create_datamodule, list_datamodules, register_datamodule
-from robust.data.vision import CIFAR10, CIFAR100, GTSRB, MNIST, SVHN, FashionMNIST, TorchvisionDataModule
+from robust.data.gtsrb import GTSRB, default_gtsrb_root, read_gtsrb, split_tracks
+from robust.data.vision import CIFAR10, CIFAR100, MNIST, SVHN, FashionMNIST, TorchvisionDataModule
 
 __all__ = [
     "CIFAR10", "CIFAR100", "DataFormatError", "DataNotFoundError", "Digits",
     "FashionMNIST", "GTSRB", "ImageTensorDataset", "MNIST", "MNIST10k", "Npz", "RobustDataModule",
-    "SVHN", "TorchvisionDataModule", "create_datamodule", "dataset_tensors", "default_mnist_t10k_root",
+    "SVHN", "TorchvisionDataModule", "create_datamodule", "dataset_tensors", "default_gtsrb_root",
+    "default_mnist_t10k_root", "read_gtsrb", "split_tracks",
     "list_datamodules", "load_mnist_t10k", "read_idx", "register_datamodule",
 ]

@@ -1,7 +1,6 @@
 """The standard benchmarks through ``torchvision.datasets``, held in memory as uint8 tensors.
 
-Each set is read once in ``setup`` (GTSRB's images are resized to ``image_size`` while
-reading) and augmented per image on tensors. Validation is carved from the training
+Each set is read once in ``setup`` and augmented per image on tensors. Validation is carved from the training
 split with a fixed generator (``SPLIT_SEED``), never from the test split.
 """
 
@@ -222,46 +221,3 @@ class SVHN(TorchvisionDataModule):
     def _unpack(self, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(np.ascontiguousarray(dataset.data)), _labels(dataset.labels)
 
-
-@register_datamodule("gtsrb")
-class GTSRB(TorchvisionDataModule, val_size=0.1):
-    """German Traffic Sign Recognition Benchmark (26,640 + 12,630 colour signs, 43 classes),
-    every image resized to ``image_size x image_size`` (bilinear, antialiased) when read.
-
-    val = 10% of the training images, taken as whole tracks (each track is ~30 frames of one
-    physical sign), so that validation never sees near-copies of training images.
-    ``augment=True`` adds a random crop with ``image_size // 8`` pixels of padding, never a
-    flip (a mirrored "turn left" sign is "turn right").
-
-    Args:
-        image_size: the side, in pixels, every image is resized to (at least 8).
-    """
-
-    num_classes = 43
-    in_channels = 3
-    mean = (0.3403, 0.3121, 0.3214)
-    std = (0.2724, 0.2608, 0.2669)
-    files_hint = "{root}/gtsrb/GTSRB/Training and {root}/gtsrb/GTSRB/Final_Test/Images with {root}/gtsrb/GT-final_test.csv"
-
-    def __init__(self, *, image_size: int = 32, **options: Any) -> None:
-        super().__init__(**options)
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
-            raise ValueError(f"image_size must be an integer >= 8, got {image_size!r}")
-        self.image_size = image_size
-        self.crop_padding = max(1, image_size // 8)
-
-    def _open(self, split: str, download: bool) -> Any:
-        from torchvision.datasets import GTSRB as TV
-
-        size = (self.image_size, self.image_size)
-        resize = v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True)])
-        return TV(self.root, split=split, transform=resize, download=download)
-
-    def _unpack(self, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        loader = DataLoader(dataset, batch_size=256, num_workers=self.num_workers)
-        images, labels = zip(*loader)
-        return torch.cat(images), torch.cat(labels).long()
-
-    def _groups(self, dataset: Any) -> np.ndarray:
-        """Track ids: training files are ``Training/<class>/<track>_<frame>.ppm``."""
-        return np.array([f"{Path(p).parent.name}/{Path(p).name.split('_')[0]}" for p, _ in dataset._samples])
