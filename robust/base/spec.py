@@ -44,9 +44,9 @@ _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
 # --- roles: the narrow allowlists of specs from elsewhere ------------------------------------------
 # Kept in step with the packages by a contract test (tests/test_hostile_construction.py).
-MODEL_CLASSES = frozenset({"CNNLarge", "CNNMedium", "CNNSmall", "CifarResNet", "MadryCNN", "Normalize",
+MODEL_CLASSES = frozenset({"CNN4", "CNNLarge", "CNNMedium", "CNNSmall", "CifarResNet", "MadryCNN", "Normalize",
                            "PreActResNet18", "ResNet110", "SmallCNN", "WideResNet"})
-METHOD_CLASSES = frozenset({"FGSM", "GaussianNoise", "IBP", "MART", "PGD", "Standard", "TRADES"})
+METHOD_CLASSES = frozenset({"FGSM", "GaussianNoise", "IBP", "MART", "MaskedTraining", "PGD", "Standard", "TRADES"})
 DATA_CLASSES = frozenset({"CIFAR10", "CIFAR100", "Digits", "FashionMNIST", "GTSRB", "MNIST", "MNIST10k", "Npz",
                           "SVHN"})
 # Constructor arguments that fetch pretrained weights (torchvision, timm): allowed only as None/False.

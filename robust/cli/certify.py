@@ -8,10 +8,16 @@ Examples::
         --eps 0.1,0.2,0.3 --n-examples 500
     robust certify --method ibp --checkpoint best.ckpt --data mnist10k --eps 0.1 \\
         --evaluation runs/evaluate/report.json
+    robust certify --patchcleanser 0.05 --masks 6 --checkpoint masked.ckpt --data gtsrb --n-examples 500
 
-Writes ``report.json``, ``report.md``, a per-example TSV (``certify.tsv`` or ``verify.tsv``) and a
-plot into ``--out``. Smoothing keeps its finished examples in ``<out>/certify_state.jsonl``:
-start the same command again after an interruption and it resumes.
+``--patchcleanser SIZE`` (instead of ``--method``) certifies against one adversarial patch of SIZE (a
+fraction of the image area, or a side in pixels) anywhere in the image with PatchCleanser's double
+masking (Xiang et al. 2022); the report states the mask set and the patch it covers, with per-class
+certified accuracy. A model trained with ``MaskedTraining`` lends its masks per axis and fill as defaults.
+
+Writes ``report.json``, ``report.md``, a per-example TSV (``certify.tsv``, ``verify.tsv`` or
+``patchcleanser.tsv``) and a plot into ``--out``. Smoothing keeps its finished examples in
+``<out>/certify_state.jsonl``: start the same command again after an interruption and it resumes.
 
 Started by torchrun, the processes share the examples (smoothing) or batches (ibp, crown) and
 rank 0 writes; the report equals a single process's. Write ``--n-samples`` for ``--n`` there
@@ -49,17 +55,19 @@ from robust.cli.options import (
 )
 
 STATE_NAME = "certify_state.jsonl"
+METHODS = ("smoothing", "ibp", "crown")
 
 
 def parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="robust certify",
-        description="Certify robustness: randomized smoothing (L2 radii, Cohen et al. 2019) or bound propagation "
+        description="Certify robustness: randomized smoothing (L2 radii, Cohen et al. 2019), bound propagation "
                     "(L-inf, IBP or CROWN intersected with IBP) with an attack that falsifies what cannot be "
-                    "proven; writes report.json, report.md, a per-example table and a plot.",
+                    "proven, or PatchCleanser (one adversarial patch anywhere, Xiang et al. 2022); writes "
+                    "report.json, report.md, a per-example table and a plot.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--method", choices=("smoothing", "ibp", "crown"), required=True)
+    p.add_argument("--method", choices=METHODS, help="required, unless --patchcleanser chooses PatchCleanser")
     add_source_arguments(p)
     sm = p.add_argument_group("randomized smoothing")
     sm.add_argument("--sigma", type=float, help="noise level; default: the checkpoint's GaussianNoise sigma")
@@ -82,8 +90,22 @@ def parser() -> argparse.ArgumentParser:
     bp.add_argument("--attack-options", default="{}", help='JSON settings of the attack, e.g. \'{"steps": 100}\'')
     bp.add_argument("--evaluation", help="a robust evaluate report.json of the same model and threat: check "
                                          "certified <= its robust accuracy <= clean, per example when possible")
+    pc = p.add_argument_group("PatchCleanser (one adversarial patch anywhere in the image)")
+    pc.add_argument("--patchcleanser", metavar="SIZE",
+                    help="the patch to certify against: a fraction of the image area in (0, 1) (square side "
+                         "round(sqrt(SIZE*H*W)) px, as robust evaluate's patch) or a side in pixels (an integer); "
+                         "in place of --method")
+    pc.add_argument("--masks", type=int, help="mask positions per axis k (at most k*k masks; the paper's 6); "
+                                             "default: the checkpoint's MaskedTraining masks_per_axis, else 6")
+    pc.add_argument("--fill", type=float, help="value of masked pixels in [0, 1]; default: the checkpoint's "
+                                               "MaskedTraining fill, else 0.5 (mid-grey)")
+    pc.add_argument("--patch-attack", type=int, default=0, metavar="N",
+                    help="also attack the first N examples with an adaptive patch of the certified size against "
+                         "double masking (settings in --attack-options: steps, step_size, stride, views) and check "
+                         "that no certified example breaks")
     add_run_arguments(p, "certify", "runs/certify", batch_size=None,
-                      batch_help="default: 1000 noisy samples on CPU, 10,000 on CUDA (smoothing), 128 images (bounds)")
+                      batch_help="default: 1000 noisy samples on CPU, 10,000 on CUDA (smoothing), 128 images "
+                                 "(bounds), 512 masked images (patchcleanser)")
     return p
 
 
@@ -100,10 +122,53 @@ def _radii(text: str, name: str) -> list[float]:
     return radii
 
 
+def _patch_size(text: str) -> float | int:
+    """``--patchcleanser``: a fraction of the image area in (0, 1) or a whole number of pixels >= 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0 or (value >= 1 and not value.is_integer()):
+        raise UsageError(f"--patchcleanser must be a fraction of the image area in (0, 1) or a side in pixels "
+                         f"(an integer >= 1), got {text!r}")
+    return value if value < 1 else int(value)
+
+
+def _check_patchcleanser(args: argparse.Namespace) -> None:
+    if args.patchcleanser is not None:
+        if args.method is not None:
+            raise UsageError(f"--patchcleanser certifies with PatchCleanser, not --method {args.method}: drop one")
+        args.method = "patchcleanser"
+        _patch_size(args.patchcleanser)
+    if args.method is None:
+        raise UsageError("give --method (smoothing, ibp or crown) or --patchcleanser SIZE")
+    if args.masks is not None and args.masks < 1:
+        raise UsageError(f"--masks is a number of mask positions per axis and must be >= 1, got {args.masks}")
+    if args.fill is not None and not 0.0 <= args.fill <= 1.0:
+        raise UsageError(f"--fill is the value of masked pixels in [0, 1], got {args.fill}")
+    if args.patch_attack < 0:
+        raise UsageError(f"--patch-attack must be >= 0, got {args.patch_attack}")
+    used = [f"--{n.replace('_', '-')}" for n in ("masks", "fill", "patch_attack") if n in args.explicit]
+    if used and args.method != "patchcleanser":
+        raise UsageError(f"{', '.join(used)} go(es) with --patchcleanser, not --method {args.method}")
+    if args.method == "patchcleanser" and args.evaluation:
+        raise UsageError("--evaluation checks ibp or crown certificates against an L-inf evaluation report; "
+                         "PatchCleanser checks itself with --patch-attack N")
+
+
 def _check_arguments(args: argparse.Namespace) -> None:
     """Refuse bad option values in one line before anything is loaded or written."""
     check_options(args)  # counts, seed, device, --out, wandb project
-    if args.method == "smoothing":
+    _check_patchcleanser(args)
+    if args.method == "patchcleanser":
+        from robust.certify.patchcleanser import ATTACK_DEFAULTS
+
+        options = json_arg(args.attack_options, "--attack-options")
+        unknown = sorted(set(options) - set(ATTACK_DEFAULTS) - {"seed"})
+        if unknown:
+            raise UsageError(f"--attack-options: {', '.join(unknown)} is not a setting of the patch attack on "
+                             f"double masking ({', '.join(k for k in ATTACK_DEFAULTS if k != 'seed')})")
+    elif args.method == "smoothing":
         if args.sigma is not None and not (math.isfinite(args.sigma) and args.sigma > 0):
             raise UsageError(f"--sigma must be a finite number > 0, got {args.sigma}")
         for name in ("n0", "n"):
@@ -151,7 +216,7 @@ def _check_model(args: argparse.Namespace, model: Any, x: Any, y: Any, eps: list
     from robust.base.safe_load import check_finite_weights
 
     check_finite_weights(model, "certify")
-    if args.method == "smoothing" or not len(x):
+    if args.method in ("smoothing", "patchcleanser") or not len(x):
         return
     from robust.attacks.independent import build_attack
     from robust.base.threat import ThreatModel
@@ -174,7 +239,9 @@ def run(argv: list[str]) -> int:
     x, y, data_desc, model, ckpt_threat, ckpt_method = load_source(args)
     eps: list[float] = []
     attack_options: dict[str, Any] = {}
-    if args.method == "smoothing":
+    if args.method == "patchcleanser":
+        patch, masks_per_axis, fill = _patchcleanser_settings(args, ckpt_method, tuple(x.shape[2:]))
+    elif args.method == "smoothing":
         sigma = args.sigma if args.sigma is not None else getattr(ckpt_method, "sigma", None)
         if sigma is None:
             raise UsageError("give --sigma (this model was not trained with GaussianNoise)")
@@ -197,7 +264,9 @@ def run(argv: list[str]) -> int:
         processes = f", {distributed.world()[1]} processes" if distributed.world()[1] > 1 else ""
         if main:
             out.mkdir(parents=True, exist_ok=True)
-        if args.method == "smoothing":
+        if args.method == "patchcleanser":
+            report = _run_patchcleanser(args, model, x, y, data_desc, patch, masks_per_axis, fill, progress, main)
+        elif args.method == "smoothing":
             state = resume_state(args, out, STATE_NAME, main)
             if main:
                 print(f"certifying {args.checkpoint or args.model} on {data_desc}: {n} images, randomized "
@@ -226,6 +295,45 @@ def run(argv: list[str]) -> int:
         return 0 if report["consistency"]["ok"] else 1
     finally:
         distributed.cleanup()
+
+
+def _patchcleanser_settings(args: argparse.Namespace, method: Any, image_size: tuple[int, ...]
+                            ) -> tuple[float | int, int, float]:
+    """``(patch, masks per axis, fill)``: ``--masks`` and ``--fill`` default to the checkpoint's
+    ``MaskedTraining``; the mask set is built once here so that a patch too large for the images is refused
+    in one line."""
+    from robust.certify.patchcleanser import PatchSizeError, mask_set
+
+    trained = {k: getattr(method, k, None) for k in ("masks_per_axis", "fill")}
+    patch = _patch_size(args.patchcleanser)
+    masks_per_axis = args.masks if args.masks is not None else (trained["masks_per_axis"] or 6)
+    fill = args.fill if args.fill is not None else (trained["fill"] if trained["fill"] is not None else 0.5)
+    try:
+        mask_set(image_size, patch, masks_per_axis)
+    except PatchSizeError as err:
+        raise UsageError(f"--patchcleanser {patch} --masks {masks_per_axis}: {err}") from None
+    return patch, masks_per_axis, fill
+
+
+def _run_patchcleanser(args: argparse.Namespace, model: Any, x: Any, y: Any, data_desc: str, patch: float | int,
+                       masks_per_axis: int, fill: float, progress: bool, main: bool) -> dict:
+    from robust.base.classes import class_metadata
+    from robust.certify.patchcleanser import mask_set, patchcleanser_report
+
+    meta = class_metadata(getattr(args, "dataset_name", None))
+    n = min(args.n_examples or len(y), len(y))
+    if main:
+        masks = mask_set(tuple(x.shape[2:]), patch, masks_per_axis)
+        print(f"certifying {args.checkpoint or args.model} on {data_desc}: {n} images, PatchCleanser against a "
+              f"{masks.patch[0]}x{masks.patch[1]} px patch anywhere, {len(masks)} masks of "
+              f"{masks.mask_size[0]}x{masks.mask_size[1]} px (stride {masks.stride[0]}), fill {fill:g}",
+              file=sys.stderr)
+    return patchcleanser_report(
+        model, (x, y), patch, masks_per_axis=masks_per_axis, fill=fill, n_examples=args.n_examples,
+        batch_size=args.batch_size or 512, progress=progress, class_names=meta.names if meta else None,
+        safety=meta.safety if meta else (), attack_examples=args.patch_attack,
+        attack_options=json_arg(args.attack_options, "--attack-options"), seed=args.seed,
+        checkpoint=args.checkpoint)
 
 
 def _write(args: argparse.Namespace, report: dict, out: Path, data_desc: str, model: Any, method: Any) -> None:
@@ -264,7 +372,19 @@ def _print_summary(report: dict, written: dict[str, Path]) -> None:
     from robust.reports.format import fmt_accuracy
 
     print(f"clean accuracy:     {fmt_accuracy(report['clean'])}")
-    if report["method"] == "smoothing":
+    if report["method"] == "patchcleanser":
+        m, t = report["mask_set"], report["threat"]
+        print(f"  undefended model: {fmt_accuracy(report['base_clean'])}")
+        print(f"certified against a {t['side_px'][0]}x{t['side_px'][1]} px patch anywhere "
+              f"({100 * t['area_fraction']:.2f}% of the image): {fmt_accuracy(report['certified'])}")
+        print(f"mask set: {m['masks']} masks of {m['mask_size_px'][0]}x{m['mask_size_px'][1]} px, stride "
+              f"{m['stride_px'][0]}x{m['stride_px'][1]} px ({m['positions'][0]}x{m['positions'][1]} positions, "
+              f"k = {m['masks_per_axis']}), fill {report['settings']['fill']:g}")
+        if report.get("empirical"):
+            e = report["empirical"]
+            print(f"patch attack on double masking, first {e['n_examples']}: robust {fmt_accuracy(e['robust'])}, "
+                  f"certified {fmt_accuracy(e['certified'])}")
+    elif report["method"] == "smoothing":
         for m in report["certified_accuracy"]:
             print(f"  certified at L2 radius {m['radius']:<6g} {fmt_accuracy(m['certified'])}")
         print(f"ACR {report['acr']:.4f}, abstained {100 * report['abstention_rate']:.2f}%, "

@@ -3,7 +3,8 @@
 ``SmallCNN`` is the MNIST network of Carlini & Wagner 2017 used by TRADES (Zhang et
 al. 2019). ``CNNSmall``/``CNNMedium``/``CNNLarge`` are the networks of Gowal et al.
 2018 (IBP, Table 1), also used by CROWN-IBP (Zhang et al. 2020).
-All take ``in_channels`` and ``input_size`` so they also fit 8x8 digits or 32x32 images.
+``CNN4`` is the VGG-style four-convolution network with batch norm that CPU-sized traffic-sign
+classifiers use. All take ``in_channels`` and ``input_size`` so they also fit 8x8 digits or 32x32 images.
 """
 
 from __future__ import annotations
@@ -137,8 +138,33 @@ class CNNLarge(_Sequential):
         self._build(_ibp_cnn(convs, [512], num_classes, in_channels, input_size), mean, std)
 
 
+class CNN4(_Sequential):
+    """conv(w)-conv(w)-pool-conv(2w)-conv(2w)-pool-fc256: 3x3 convolutions with padding 1, each followed by
+    BatchNorm and ReLU; ``width`` w = 32 gives 1.1 M parameters on 32x32 colour images (~25 M multiply-adds)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28, width: int = 32,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+        super().__init__()
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"width must be a positive integer, got {width!r}")
+        size = input_size // 4
+        if size < 1:
+            raise ValueError(f"input_size {input_size} is too small for CNN4")
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for out in (width, width, None, 2 * width, 2 * width, None):
+            if out is None:
+                layers.append(nn.MaxPool2d(2))
+                continue
+            layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+            channels = out
+        layers += [nn.Flatten(), nn.Linear(channels * size * size, 256), nn.ReLU(), nn.Linear(256, num_classes)]
+        self._build(layers, mean, std)
+
+
 register_model("madry_cnn")(MadryCNN)
 register_model("small_cnn")(SmallCNN)
 register_model("cnn_small")(CNNSmall)
 register_model("cnn_medium")(CNNMedium)
 register_model("cnn_large")(CNNLarge)
+register_model("cnn4")(CNN4)

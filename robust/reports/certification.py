@@ -1,7 +1,8 @@
 """The certification report of ``robust certify``: Markdown, plots, the per-example TSV and wandb logging.
 
-Reads the dicts of :func:`robust.certify.report.smoothing_report` (an L2 certified-accuracy curve)
-and :func:`robust.certify.report.verification_report` (verified / inconclusive / falsified per eps).
+Reads the dicts of :func:`robust.certify.report.smoothing_report` (an L2 certified-accuracy curve),
+:func:`robust.certify.report.verification_report` (verified / inconclusive / falsified per eps) and
+:func:`robust.certify.patchcleanser.patchcleanser_report` (one patch anywhere, per class).
 """
 
 from __future__ import annotations
@@ -14,17 +15,17 @@ from typing import Any
 import numpy as np
 
 from robust.reports.files import write_json, write_staged, write_tsv
-from robust.reports.format import eps_label, fmt_accuracy, fmt_value, metric_key, percent, threat_label
+from robust.reports.format import eps_label, fmt_accuracy, fmt_value, metric_key, percent, short_settings, threat_label
 from robust.reports.markdown import image, protocol_section, table
 from robust.reports.plots import CERTIFIED_COLOR, CLEAN_COLOR, ROBUST_COLOR, WRONG_COLOR, figure, save, yerr
 
-__all__ = ["METHOD_NAMES", "STATUS_COLORS", "plot_certified_radius", "plot_verification", "render_markdown",
-           "write_certification", "headline", "log_certification"]
+__all__ = ["METHOD_NAMES", "STATUS_COLORS", "plot_certified_radius", "plot_verification", "plot_patchcleanser",
+           "render_markdown", "write_certification", "headline", "log_certification"]
 
 STATUS_COLORS = {"verified": CERTIFIED_COLOR, "inconclusive": "#c8c8c8", "falsified": ROBUST_COLOR,
                  "misclassified": WRONG_COLOR}
 METHOD_NAMES = {"smoothing": "randomized smoothing", "ibp": "interval bound propagation",
-                "crown": "CROWN ∩ IBP"}
+                "crown": "CROWN ∩ IBP", "patchcleanser": "PatchCleanser double masking"}
 
 
 # -------------------------------------------------------------------------------------------- plots
@@ -93,6 +94,31 @@ def plot_verification(report: Mapping, path: str | os.PathLike) -> Path:
     ax.set_ylim(0, 100)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     ax.set_title(f"Verification with {METHOD_NAMES.get(report['method'], report['method'])}")
+    return save(fig, path)
+
+
+def plot_patchcleanser(report: Mapping, path: str | os.PathLike) -> Path:
+    """Per class: double masking's clean accuracy and its certified accuracy (%), with 95% CIs."""
+    rows = report["per_class"]
+    labels = [str(r["class"]) for r in rows]
+    pos = np.arange(len(rows))
+    fig = figure(max(7.0, 0.28 * len(rows) + 3), 4.5)
+    ax = fig.add_subplot()
+    for shift, key, color, name in ((-0.2, "clean", CLEAN_COLOR, "clean (double masking)"),
+                                    (0.2, "certified", CERTIFIED_COLOR, "certified")):
+        records = [r[key] for r in rows]
+        ax.bar(pos + shift, [100 * r["accuracy"] for r in records], width=0.4, color=color, label=name,
+               yerr=yerr(records), capsize=2, error_kw={"elinewidth": 0.8})
+    ax.axhline(100 * report["certified"]["accuracy"], color=CERTIFIED_COLOR, linestyle=":",
+               label=f"certified, all classes {percent(report['certified']['accuracy'])}")
+    ax.set_xticks(pos, labels, fontsize=7 if len(rows) > 20 else 9)
+    ax.set_xlabel("class")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=8)
+    side = report["threat"]["side_px"]
+    ax.set_title(f"PatchCleanser, a {side[0]}x{side[1]} px patch anywhere: per class ({report['n_examples']} "
+                 "examples)", fontsize=10)
     return save(fig, path)
 
 
@@ -165,9 +191,68 @@ def _md_verification(report: Mapping) -> list[str]:
     return lines + ["## Verification", ""] + table(header, rows) + [""]
 
 
+def _class_rows(report: Mapping, classes: list[Mapping], weak: set[int]) -> list[str]:
+    def bold(text: str, on: bool) -> str:
+        return f"**{text}**" if on else text
+
+    return table(["class", "name", "n", "clean (double masking)", "certified"],
+                 [[bold(str(r["class"]), r["class"] in weak), r.get("name") or "—", r["n"], fmt_accuracy(r["clean"]),
+                   bold(fmt_accuracy(r["certified"]), r["class"] in weak)] for r in classes])
+
+
+def _md_patchcleanser(report: Mapping) -> list[str]:
+    t, m, s = report["threat"], report["mask_set"], report["settings"]
+    side = f"{t['side_px'][0]}x{t['side_px'][1]} px"
+    lines = [
+        f"# Certification report: PatchCleanser, a {side} patch anywhere ({percent(t['area_fraction'])} of the image)",
+        "",
+        f"- certified accuracy: {fmt_accuracy(report['certified'])} (every two-mask prediction is the label: no "
+        f"patch of at most {side} anywhere in the image can change double masking's output)",
+        f"- clean accuracy of double masking: {fmt_accuracy(report['clean'])}",
+        f"- clean accuracy of the undefended model: {fmt_accuracy(report['base_clean'])}",
+        f"- mask set: {m['masks']} masks ({m['positions'][0]}x{m['positions'][1]} positions, k = "
+        f"{m['masks_per_axis']} per axis) of {m['mask_size_px'][0]}x{m['mask_size_px'][1]} px "
+        f"({percent(m['mask_area_fraction'])} of the image) with stride {m['stride_px'][0]}x{m['stride_px'][1]} px "
+        f"on {m['image_size'][0]}x{m['image_size'][1]} images; masked pixels = {s['fill']:g}; {m['pairs']} "
+        "mask pairs per certificate",
+        "- double masking's cases: " + ", ".join(f"{k} {v}" for k, v in report["cases"].items()),
+        f"- {report['forward_passes']} forward passes, {report['seconds_per_example']:.3f} s per example", "",
+        f"The patch of {side} is what the mask set covers (stride s = ceil((n - p + 1) / k), mask m = p + s - 1, "
+        f"{s.get('reference', 'Xiang et al. 2022')}); a fraction of the image area becomes a square of side "
+        "round(sqrt(fraction x H x W)) px.", "",
+    ]
+    classes = list(report.get("per_class") or [])
+    by_class = {r["class"]: r for r in classes}
+    safety = [by_class[c] for c in report.get("safety") or [] if c in by_class]
+    if safety:
+        lines += ["## Safety-critical classes", ""] + _class_rows(report, safety, set()) + [""]
+    if classes:
+        ranked = sorted(classes, key=lambda r: (r["certified"]["accuracy"], r["class"]))
+        weak = {r["class"] for r in ranked[:min(3, len(ranked) - 1)]}
+        worst = ranked[0]
+        name = f" ({worst['name']})" if worst.get("name") else ""
+        lines += ["## Per class", "",
+                  f"Worst class: **{worst['class']}{name}**, certified {fmt_accuracy(worst['certified'])}; the "
+                  "three lowest in bold.", ""]
+        lines += _class_rows(report, classes, weak) + [""]
+    emp = report.get("empirical")
+    if emp:
+        lines += ["## Patch attack on double masking", "",
+                  f"An adaptive patch of {side} optimised at each of {emp['settings']['positions']} positions "
+                  f"({short_settings(emp['settings'])}) on the first {emp['n_examples']} examples, then double "
+                  f"masking predicts the patched image ({emp['seconds']:.1f} s):", "",
+                  f"- certified: {fmt_accuracy(emp['certified'])}",
+                  f"- empirical robust (no position broke it): {fmt_accuracy(emp['robust'])}",
+                  f"- clean (double masking): {fmt_accuracy(emp['clean'])}", ""]
+    return lines
+
+
 def render_markdown(report: Mapping, images: Mapping[str, str] | None = None, table_file: str | None = None) -> str:
     """The complete ``report.md``; ``images`` maps a plot name to its file, ``table_file`` names the TSV."""
-    lines = _md_smoothing(report) if report["method"] == "smoothing" else _md_verification(report)
+    if report["method"] == "patchcleanser":
+        lines = _md_patchcleanser(report)
+    else:
+        lines = _md_smoothing(report) if report["method"] == "smoothing" else _md_verification(report)
     for name, file in (images or {}).items():
         lines += image(name, file)
     lines += _md_consistency(report.get("consistency"))
@@ -186,7 +271,12 @@ def write_certification(report: Mapping, out_dir: str | os.PathLike) -> dict[str
 
     def render(stage: Path) -> dict[str, Path]:
         made = {}
-        if smoothing:
+        if report["method"] == "patchcleanser":
+            made["per_class"] = plot_patchcleanser(report, stage / "patchcleanser_per_class.png")
+            made["table"] = write_tsv(report["per_example"],
+                                      ("idx", "label", "predict", "base_predict", "certified", "case"),
+                                      stage / "patchcleanser.tsv")
+        elif smoothing:
             made["certified_accuracy"] = plot_certified_radius(report, stage / "certified_accuracy.png")
             made["table"] = write_tsv(report["per_example"], ("idx", "label", "predict", "radius", "correct", "time"),
                                       stage / "certify.tsv")
@@ -205,7 +295,13 @@ def headline(report: Mapping) -> dict[str, float]:
     """The numbers a dashboard shows, named by radius or ε as written: clean, certified (and empirical)
     accuracy, ACR and abstention rate for smoothing, whether the consistency checks passed."""
     out = {"clean_accuracy": report["clean"]["accuracy"]}
-    if report["method"] == "smoothing":
+    if report["method"] == "patchcleanser":
+        side = "x".join(str(v) for v in report["threat"]["side_px"])
+        out[f"certified_accuracy_patch{side}"] = report["certified"]["accuracy"]
+        out["base_clean_accuracy"] = report["base_clean"]["accuracy"]
+        if report.get("empirical"):
+            out["empirical_robust_accuracy"] = report["empirical"]["robust"]["accuracy"]
+    elif report["method"] == "smoothing":
         for m in report["certified_accuracy"]:
             out[f"certified_accuracy_r{m['radius']:g}"] = m["certified"]["accuracy"]
         out["acr"] = report["acr"]
@@ -227,7 +323,12 @@ def log_certification(report: Mapping, run: Any, images: Mapping[str, Path] | No
 
     run.summary.update({f"certify/{metric_key(k)}": v for k, v in headline(report).items()})
     logged: dict[str, Any] = {}
-    if report["method"] == "smoothing":
+    if report["method"] == "patchcleanser":
+        logged["certify/per_class"] = wandb.Table(
+            columns=["class", "name", "n", "clean", "certified", "certified_ci95_low", "certified_ci95_high"],
+            data=[[r["class"], r.get("name") or "", r["n"], r["clean"]["accuracy"], r["certified"]["accuracy"],
+                   *r["certified"]["ci95"]] for r in report["per_class"]])
+    elif report["method"] == "smoothing":
         logged["certify/certified_accuracy"] = wandb.Table(
             columns=["radius", "certified_accuracy", "ci95_low", "ci95_high"],
             data=[[m["radius"], m["certified"]["accuracy"], *m["certified"]["ci95"]]
