@@ -8,7 +8,8 @@ Runs, on the same examples and with one seed:
    CROWN ∩ IBP (with an attack falsifying what is not proven) for a feed-forward ReLU network
    under L-inf, IBP alone for other graphs whose layers it supports; otherwise it says why no
    certificate could be computed;
-3. common corruptions (15 types x 5 severities);
+3. common corruptions (15 types x 5 severities), and with ``--weather`` driving weather and light
+   (rain, snow, fog, sun flare, shadow, night x 5 severities, a separate group);
 
 and writes ``audit.json`` and ``audit.md`` (what is *proven*, what is only *measured*, what
 could *not be checked*, full provenance) with the underlying reports and plots in
@@ -23,6 +24,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from robust.cli.evaluate import add_safety_arguments, safety_plan
 from robust.cli.options import (
     ArgumentParser, UsageError, add_run_arguments, add_source_arguments, add_threat_arguments, check_run_arguments,
     describe_model, json_arg, load_source, parse_args, resolve_threat, wandb_run)
@@ -37,6 +39,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--attack-options", default="{}", help="JSON overrides per attack")
     p.add_argument("--smoothing-n", type=int, default=10_000, help="Monte Carlo samples per smoothing certificate")
     p.add_argument("--no-corruptions", action="store_true")
+    p.add_argument("--weather", action="store_true",
+                   help="also measure driving weather and light (rain, snow, fog, flare, shadow, night) x 5 severities")
+    add_safety_arguments(p)
     add_run_arguments(p, "audit", "runs/audit", fresh=False)
     p.add_argument("--name", help="model name for the leaderboard entry")
     p.add_argument("--leaderboard", help="also add the entry to this board (SQLite file or SQLAlchemy URL)")
@@ -65,14 +70,18 @@ def run(argv: list[str]) -> int:
     x, y, data_desc, model, ckpt_threat, method = load_source(args)
     device = check_run_arguments(args)
     threat = resolve_threat(args, ckpt_threat)
+    plan = safety_plan(args, model, x) or {}  # a bad --harm/--targeted is refused before any attack
     model = model.to(device).eval()
     out = Path(args.out)
     print(f"auditing {args.checkpoint or args.model} on {data_desc}: {min(args.n_examples or len(y), len(y))} images, "
           f"{threat.norm} eps {threat.eps!r}", file=sys.stderr)
     result = audit(model, (x, y), threat, method, attacks=attacks, attack_options=options, n_examples=args.n_examples,
-                   corruptions=not args.no_corruptions, smoothing_n=args.smoothing_n, batch_size=args.batch_size,
+                   corruptions=not args.no_corruptions, weather=args.weather, smoothing_n=args.smoothing_n,
+                   batch_size=args.batch_size,
                    seed=args.seed, progress=not args.no_progress, checkpoint=args.checkpoint,
-                   provenance={"data": data_desc, **describe_model(args, model, method)})
+                   provenance={"data": data_desc, **describe_model(args, model, method)},
+                   class_metadata=plan.get("metadata"), harm=plan.get("harm"), targeted=plan.get("pairs", []),
+                   targeted_steps=args.targeted_steps)
     certificate = result.certification
     with wandb_run(args, out, "audit", result.evaluation.protocol) as run_:
         evaluation = result.evaluation.to_dict()

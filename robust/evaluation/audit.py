@@ -26,9 +26,9 @@ __all__ = ["Audit", "audit", "choose_certificate"]
 
 @dataclass
 class Audit:
-    """What an audit measured: the evaluation (gradient-masking audit included, and the corruptions
-    unless skipped), the certification report or ``None``, the certificate's method and why it
-    applies (or why none does), and the provenance every part carries."""
+    """What an audit measured: the evaluation (gradient-masking audit included, the corruptions
+    unless skipped, the weather group when asked), the certification report or ``None``, the
+    certificate's method and why it applies (or why none does), and the provenance every part carries."""
 
     evaluation: RobustnessReport
     certification: dict[str, Any] | None
@@ -77,10 +77,17 @@ def choose_certificate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threa
 
 def audit(model: nn.Module, data: Any, threat: ThreatModel | Mapping, method: Any = None, *,
           attacks: Sequence[str] = ("autoattack",), attack_options: dict[str, dict[str, Any]] | None = None,
-          n_examples: int | None = None, corruptions: bool = True, smoothing_n: int = 10_000, batch_size: int = 256,
+          n_examples: int | None = None, corruptions: bool = True, weather: bool = False,
+          smoothing_n: int = 10_000, batch_size: int = 256,
           seed: int = 0, progress: bool = True, checkpoint: str | None = None,
-          provenance: Mapping[str, Any] | None = None) -> Audit:
+          provenance: Mapping[str, Any] | None = None, class_metadata: Any = None, harm: Any = None,
+          targeted: Sequence[tuple[int, Sequence[int]]] | None = None, targeted_steps: int = 100) -> Audit:
     """Audit ``model`` on ``data`` (``(x, y)`` or a loader; its first ``n_examples``) under ``threat``.
+
+    With ``class_metadata`` (:func:`robust.base.classes.class_metadata`), a ``harm`` matrix or ``targeted``
+    ``(source, targets)`` pairs (``None``: the metadata's default, stop -> speed limits on GTSRB), the
+    evaluation gets a safety view (:func:`robust.evaluation.safety.safety_view`) with the targeted APGD-T
+    success rates and, where a certificate applies, each safety class's certified accuracy.
 
     ``method`` is the training method (a noise-trained model's ``sigma`` selects randomized
     smoothing); ``attacks``/``attack_options`` are :func:`robust.evaluation.evaluate`'s;
@@ -90,6 +97,7 @@ def audit(model: nn.Module, data: Any, threat: ThreatModel | Mapping, method: An
     from robust.certify.report import compare_with_evaluation
     from robust.evaluation.core import evaluate
     from robust.evaluation.corruptions import evaluate_corruptions
+    from robust.evaluation.safety import add_certified, default_targeted, safety_view, targeted_success
 
     threat = ThreatModel.coerce(threat)
     x, y = collect(data, n_examples)
@@ -100,10 +108,23 @@ def audit(model: nn.Module, data: Any, threat: ThreatModel | Mapping, method: An
     if corruptions:
         evaluation.corruptions = evaluate_corruptions(model, (x, y), batch_size=batch_size, seed=seed,
                                                       progress=progress)
+    if weather:  # driving weather and light, a group apart from the corruptions
+        from robust.evaluation.weather import evaluate_weather
+
+        evaluation.weather = evaluate_weather(model, (x, y), batch_size=batch_size, seed=seed, progress=progress)
     certificate, why = choose_certificate(model, x, y, threat, method, smoothing_n=smoothing_n, batch_size=batch_size,
                                           seed=seed, progress=progress, checkpoint=checkpoint)
     if certificate is not None:
         certificate["protocol"].update(provenance)
         if certificate["method"] != "smoothing":  # the evaluation's attacks also falsify, per example
             compare_with_evaluation(certificate, evaluation.to_dict())
+    pairs = default_targeted(class_metadata) if targeted is None else list(targeted)
+    if class_metadata is not None or harm is not None or pairs:
+        results = [targeted_success(model, x, y, source, targets, threat, steps=targeted_steps, batch_size=batch_size,
+                                    seed=seed, progress=progress) for source, targets in pairs]
+        evaluation.safety = safety_view(evaluation, harm, class_metadata, targeted=results)
+        if certificate is not None:
+            add_certified(evaluation.safety, certificate,
+                          radius=float(threat.eps) if certificate["method"] == "smoothing" and threat.norm == "l2"
+                          else None)
     return Audit(evaluation, certificate, why, provenance)

@@ -88,10 +88,39 @@ def check_report(report: Mapping[str, Any]) -> None:
             s_robust, _ = _record(sub.get("robust"), f"physical.{kind}.robust", s_n)
             if s_robust > s_clean:
                 raise InconsistentReport(f"physical.{kind}: robust {s_robust}/{s_n} is above clean {s_clean}/{s_n}")
+    check_stickers(report.get("stickers"))
     audit = report.get("audit") or {}
     if audit.get("ran") and bool(audit.get("unreliable")) != bool(audit.get("flags")):
         raise InconsistentReport(f"audit: unreliable is {audit.get('unreliable')!r} but it lists "
                                  f"{len(audit.get('flags') or [])} flag(s)")
+
+
+def check_stickers(stickers: Mapping[str, Any] | None) -> None:
+    """Raise :class:`InconsistentReport` unless each track-level sticker result (the dicts of
+    :func:`robust.evaluation.stickers.evaluate_on_tracks`) agrees: well-formed records (success records carry
+    ``rate``/``successes``); frames fooled counted among clean-correct frames; every level counts the tracks
+    evaluated, at most the tracks; no level fools more tracks than ``any`` or fewer than ``all``."""
+    for name, sub in _entries({"stickers": stickers}, "stickers"):
+        where = f"stickers.{name}"
+
+        def success(rec: Any, at: str, n: int | None = None) -> tuple[int, int]:
+            rec = {"accuracy": rec.get("rate"), "correct": rec.get("successes"), "n": rec.get("n"),
+                   "ci95": rec.get("ci95")} if isinstance(rec, Mapping) else rec
+            return _record(rec, f"{where}.{at}", n)
+
+        clean, frames = _record(sub.get("clean"), f"{where}.clean")
+        _, counted = success(sub.get("per_image"), "per_image")
+        if counted > clean:
+            raise InconsistentReport(f"{where}: {counted} frames counted but only {clean}/{frames} read right clean")
+        evaluated, tracks = sub.get("tracks_evaluated"), sub.get("tracks")
+        if not isinstance(evaluated, int) or not isinstance(tracks, int) or not 0 <= evaluated <= tracks:
+            raise InconsistentReport(f"{where}: tracks_evaluated {evaluated!r} must be a count <= tracks {tracks!r}")
+        fooled = {level: success(rec, f"per_track.{level}", evaluated)[0]
+                  for level, rec in (sub.get("per_track") or {}).items()}
+        for level, k in fooled.items():
+            if not fooled.get("all", 0) <= k <= fooled.get("any", evaluated):
+                raise InconsistentReport(f"{where}.per_track.{level}: {k} tracks fooled, outside [all, any] = "
+                                         f"[{fooled.get('all', 0)}, {fooled.get('any', evaluated)}]")
 
 
 @dataclass
@@ -116,8 +145,11 @@ class RobustnessReport:
     sweep: list[dict[str, Any]] | None = None
     class_names: list[str] | None = None
     corruptions: dict[str, Any] | None = None
+    weather: dict[str, Any] | None = None  # robust.evaluation.weather.evaluate_weather: a group apart from corruptions
     physical: dict[str, Any] | None = None
+    stickers: dict[str, Any] | None = None  # robust.evaluation.stickers.evaluate_on_tracks results, by name
     per_example: dict[str, Any] | None = None
+    safety: dict[str, Any] | None = None  # robust.evaluation.safety.safety_view: safety classes, harm, targeted
     masks: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     examples: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 

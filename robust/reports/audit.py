@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from robust.reports.format import fmt_accuracy, threat_label
 from robust.reports.markdown import image, per_class_section, protocol_section
+from robust.reports.safety import safety_lines, safety_section
 
 if TYPE_CHECKING:
     from robust.evaluation.audit import Audit
@@ -38,6 +39,15 @@ def audit_document(result: Audit) -> dict[str, Any]:
                         f"{fmt_accuracy(evaluation['corruptions']['mean_corruption_accuracy'])}")
     else:
         unchecked.append("common corruptions (skipped with --no-corruptions)")
+    weather = evaluation.get("weather")
+    if weather:
+        worst = min(((n, s, r) for n, w in weather["per_weather"].items() for s, r in w["per_severity"].items()),
+                    key=lambda t: t[2]["accuracy"])
+        measured.append(f"mean accuracy under driving weather and light: "
+                        f"{fmt_accuracy(weather['mean_weather_accuracy'])}; worst {worst[0]} at severity "
+                        f"{worst[1]}: {fmt_accuracy(worst[2])}")
+    else:
+        unchecked.append("driving weather and light: rain, snow, fog, sun flare, shadow, night (run with --weather)")
     if certificate is None:
         unchecked.append(why)
     elif certificate["method"] == "smoothing":
@@ -63,8 +73,11 @@ def audit_document(result: Audit) -> dict[str, Any]:
     statement = (["PROVEN:"] + [f"  - {p}" for p in proven or ["nothing: no certificate applies"]]
                  + ["MEASURED:"] + [f"  - {m}" for m in measured]
                  + ["NOT CHECKED:"] + [f"  - {u}" for u in unchecked])
+    safety = safety_lines(evaluation.get("safety"), evaluation.get("class_names"))
+    if safety:  # the safety-critical classes lead (issue 15)
+        statement = ["SAFETY-CRITICAL CLASSES:"] + [f"  - {s}" for s in safety] + statement
     return {"kind": "audit", "threat": evaluation["threat"],
-            "provenance": {**result.provenance, **evaluation["protocol"]},
+            "provenance": {**result.provenance, **evaluation["protocol"]}, "safety": safety,
             "proven": proven, "measured": measured, "not_checked": unchecked, "statement": statement,
             "evaluation": evaluation, "certification": certificate, "certification_method": why}
 
@@ -74,6 +87,7 @@ def render_markdown(audit: Mapping, written: Mapping[str, Path], out: Path) -> s
     linked relative to ``out``, the audit's folder)."""
     evaluation, certificate = audit["evaluation"], audit["certification"]
     lines = [f"# Robustness audit: {threat_label(audit['threat'])}", ""]
+    lines += safety_section(evaluation.get("safety"), evaluation.get("class_names"))  # leads when present
     for title, items in (("Proven (certificates)", audit["proven"]), ("Measured (attacks; upper bounds)",
                                                                      audit["measured"]),
                          ("Not checked", audit["not_checked"])):
@@ -102,6 +116,14 @@ def render_markdown(audit: Mapping, written: Mapping[str, Path], out: Path) -> s
     if evaluation.get("corruptions"):
         lines += ["## Common corruptions", "",
                   f"- mean accuracy: {fmt_accuracy(evaluation['corruptions']['mean_corruption_accuracy'])}", ""]
+    if evaluation.get("weather"):
+        lines += ["## Driving weather and light", "",
+                  f"- mean accuracy: {fmt_accuracy(evaluation['weather']['mean_weather_accuracy'])}"]
+        for name, w in evaluation["weather"]["per_weather"].items():
+            top = max(w["per_severity"], key=int)
+            lines.append(f"  - {name}: mean {fmt_accuracy(w['mean'])}, severity {top} "
+                         f"{fmt_accuracy(w['per_severity'][top])}")
+        lines += ["", "Full table: `evaluation/report.md`.", ""]
     for name, path in written.items():
         if Path(path).suffix == ".png":
             lines += image(name, str(Path(path).relative_to(out)))

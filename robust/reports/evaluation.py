@@ -21,10 +21,10 @@ from robust.reports.markdown import (
 from robust.reports.plots import CLEAN_COLOR, RIGHT_COLOR, ROBUST_COLOR, WRONG_COLOR, figure, save, yerr
 
 __all__ = ["plot_eps_sweep", "plot_per_class", "plot_examples", "plot_corruptions", "render_markdown", "write_report",
-           "log_to_wandb"]
+           "log_to_wandb", "plot_weather", "plot_weather_grid"]
 
 _IMAGE_FILES = {"eps_sweep": "eps_sweep.png", "per_class": "per_class.png", "examples": "examples.png",
-                "corruptions": "corruptions.png"}
+                "corruptions": "corruptions.png", "weather": "weather.png"}
 
 
 def _acc(value: Mapping | float) -> float:
@@ -180,6 +180,72 @@ def plot_corruptions(corr: dict, path: str | os.PathLike, title: str | None = No
     return save(fig, path)
 
 
+def plot_weather(report: dict, path: str | os.PathLike, title: str | None = None) -> Path:
+    """Accuracy (%) against severity, one line per weather with 95% CI bars; clean accuracy dashed
+    (the dict of :func:`robust.evaluation.weather.evaluate_weather`)."""
+    per = report.get("per_weather") or {}
+    names = [w for w in (report.get("threat") or {}).get("weather") or [] if w in per] or list(per)
+    fig = figure(7, 4.5)
+    ax = fig.add_subplot()
+    colors = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
+    for i, name in enumerate(names):
+        points = sorted((per[name].get("per_severity") or {}).items(), key=lambda kv: int(kv[0]))
+        if not points:
+            continue
+        records = [r for _, r in points]
+        ax.errorbar([int(s) for s, _ in points], [100 * r["accuracy"] for r in records], yerr=yerr(records),
+                    marker="o", capsize=3, color=colors[i % len(colors)],
+                    label=f"{name} (mean {percent(per[name].get('mean'))})")
+    clean = report.get("clean")
+    if clean:
+        ax.axhline(100 * clean["accuracy"], color="black", linestyle="--", linewidth=1,
+                   label=f"clean {percent(clean['accuracy'])}")
+    severities = [int(s) for s in _severities({"threat": report.get("threat"), "per_corruption": per})]
+    ax.set_xticks(severities)
+    ax.set_xlabel("severity")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    mean = report.get("mean_weather_accuracy")
+    ax.set_title(title or "Accuracy under driving weather and light"
+                 + (f" (mean {percent(_acc(mean))})" if mean is not None else ""), fontsize=10)
+    return save(fig, path)
+
+
+def plot_weather_grid(image, path: str | os.PathLike, names: Sequence[str] | None = None,
+                      severities: Sequence[int] = (1, 2, 3, 4, 5), seed: int = 0, index: int = 0,
+                      title: str | None = None) -> Path:
+    """A preview of the weather group on one image ((C, H, W) in [0, 1]): one row per weather, the clean
+    image then each severity, as :func:`robust.evaluation.weather.weather` makes them for data-set index
+    ``index``; each title gives the mean absolute change."""
+    import torch
+
+    from robust.evaluation.weather import WEATHER, weather
+
+    names = list(names or WEATHER)
+    x = torch.as_tensor(image, dtype=torch.float32)[None]
+    height, width = x.shape[-2:]
+    kw = {"interpolation": "nearest" if max(height, width) < 64 else "antialiased", "vmin": 0.0, "vmax": 1.0}
+    if x.shape[1] == 1:
+        kw["cmap"] = "gray"
+    fig = figure(1.3 * (len(severities) + 1) + 0.6, 1.35 * len(names) + 0.6)
+    axes = fig.subplots(len(names), len(severities) + 1, squeeze=False)
+    for r, name in enumerate(names):
+        shown = [(x[0], "clean")] + [(w[0], f"{s}: Δ {float((w - x).abs().mean()):.3f}") for s, w in
+                                     ((s, weather(x, name, s, seed=seed, start=index)) for s in severities)]
+        for c, (img, label) in enumerate(shown):
+            ax = axes[r][c]
+            ax.imshow(np.clip(_image(img), 0.0, 1.0), **kw)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(label if r == 0 or c > 0 else "", fontsize=7)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=9)
+    fig.suptitle(title or f"Weather severities 1-5 (seed {seed}; Δ = mean absolute change)", fontsize=10)
+    return save(fig, path)
+
+
 # ------------------------------------------------------------------------------------------- markdown
 
 
@@ -267,6 +333,23 @@ def _md_corruptions(corr: Mapping | None) -> list[str]:
     return lines + [""]
 
 
+def _md_weather(report: Mapping | None) -> list[str]:
+    """The weather group (:func:`robust.evaluation.weather.evaluate_weather`), apart from the corruptions."""
+    if not report:
+        return []
+    per_weather = report.get("per_weather") or {}
+    severities = _severities({"threat": report.get("threat"), "per_corruption": per_weather})
+    lines = ["## Driving weather and light", "",
+             f"Rain, snow, fog, sun flare, shadow and night ({(report.get('protocol') or {}).get('library', '?')}, "
+             "severity tables of robust.evaluation.weather); not part of the common-corruption mean.", "",
+             f"- clean accuracy: {fmt_accuracy(report.get('clean'))}",
+             f"- mean weather accuracy: {fmt_accuracy(report.get('mean_weather_accuracy'))}", ""]
+    rows = [[name, percent(w.get("mean"))] + [fmt_accuracy((w.get("per_severity") or {}).get(s)) for s in severities]
+            for name, w in per_weather.items()]
+    lines += table(["weather", "mean"] + [f"severity {s}" for s in severities], rows)
+    return lines + [""]
+
+
 def _md_physical(physical: Mapping | None, class_names: Sequence[str] | None) -> list[str]:
     present = {k: v for k, v in (physical or {}).items() if v}
     if not present:
@@ -294,6 +377,10 @@ def render_markdown(report: dict, images: dict[str, str] | None = None) -> str:
     names = report.get("class_names")
     audit = report.get("audit")
     lines = [f"# Robustness report: {threat_label(report.get('threat'))}", ""]
+    if report.get("safety"):  # the safety-critical classes lead (issue 15)
+        from robust.reports.safety import safety_section
+
+        lines += safety_section(report["safety"], names) + embed("safety")
     lines += table(["", "value"], [
         ["clean accuracy", fmt_accuracy(report.get("clean"), report.get("clean_accuracy"))],
         ["robust accuracy", fmt_accuracy(report.get("robust"), report.get("robust_accuracy"))],
@@ -308,6 +395,7 @@ def render_markdown(report: dict, images: dict[str, str] | None = None) -> str:
     if "examples" in pending:
         lines += ["## Examples", ""] + embed("examples")
     lines += _md_corruptions(report.get("corruptions")) + embed("corruptions")
+    lines += _md_weather(report.get("weather")) + embed("weather")
     lines += _md_physical(report.get("physical"), names)
     lines += protocol_section(report)
     if pending:
@@ -346,6 +434,12 @@ def write_report(report: dict, out_dir: str | os.PathLike, examples: dict | None
                 title=f"Adversarial examples ({label})")
         if report.get("corruptions"):
             made["corruptions"] = plot_corruptions(report["corruptions"], stage / _IMAGE_FILES["corruptions"])
+        if report.get("weather"):
+            made["weather"] = plot_weather(report["weather"], stage / _IMAGE_FILES["weather"])
+        if (report.get("safety") or {}).get("classes"):
+            from robust.reports.safety import plot_safety
+
+            made["safety"] = plot_safety(report["safety"], stage / "safety.png", report.get("class_names"))
         (stage / "report.md").write_text(render_markdown(report, {k: p.name for k, p in made.items()}),
                                          encoding="utf-8")
         (stage / "report.json").write_text(text, encoding="utf-8")
@@ -379,6 +473,10 @@ def log_to_wandb(report: dict, run, images: dict[str, Path] | None = None) -> No
     mca = (report.get("corruptions") or {}).get("mean_corruption_accuracy")
     if mca:
         summary["eval/mean_corruption_accuracy"] = _acc(mca)
+    for name, w in ((report.get("weather") or {}).get("per_weather") or {}).items():
+        summary[f"eval/weather_{metric_key(name)}_accuracy"] = w["mean"]
+    if (report.get("weather") or {}).get("mean_weather_accuracy") is not None:
+        summary["eval/mean_weather_accuracy"] = _acc(report["weather"]["mean_weather_accuracy"])
     for name, p in (report.get("physical") or {}).items():
         if p and p.get("robust"):
             summary[f"eval/physical_{metric_key(name)}_accuracy"] = p["robust"]["accuracy"]
