@@ -118,6 +118,8 @@ def test_real_copy_counts_and_tracks():
     dm.setup("fit")
     _, y_held, t_held = dm.held_out()
     assert len(t_held.unique()) == 133 and set(y_held.tolist()) == set(range(43))  # >= 1 track of every class
+    _, y_val = dm.val_tensors()
+    assert len(set(y_val[:1000].tolist())) >= 30  # shuffled: the first 1,000 span the classes (sorted: 7)
 
 
 def test_default_root_is_found_only_where_the_copy_is(tmp_path, monkeypatch):

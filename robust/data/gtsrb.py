@@ -195,7 +195,10 @@ class GTSRB(TorchvisionDataModule, val_size=0.1):
         keep, held = split_tracks(track, y, self.holdout_tracks)
         self._held = (x[held], y[held], track[held])
         train, val = split_indices(len(keep), self.val_size, track[keep].numpy(), seed=SPLIT_SEED)
-        train, val = keep[train], keep[val]
+        # validation in a fixed random order: the file is sorted by class, and a trainer that validates on its
+        # first batches (limit_val_batches) must see every class, not the speed limits alone
+        order = torch.randperm(len(val), generator=torch.Generator().manual_seed(SPLIT_SEED))
+        train, val = keep[train], keep[val[order]]
         train_set = ImageTensorDataset(x[train], y[train], self._train_transform())
         val_set = ImageTensorDataset(x[val], y[val]) if len(val) else None
         return train_set, val_set
