@@ -352,6 +352,8 @@ def stage_board(run: Run) -> dict[str, Any]:
 def summary(results: dict[str, Any]) -> str:
     """The figures as a markdown section (also written to ``<out>/gtsrb.md``)."""
     lines = ["GTSRB official final test set, L-inf eps 8/255; 95% Clopper-Pearson intervals.", ""]
+    results = {stage: {k: v for k, v in (value or {}).items() if isinstance(v, dict)}  # per model, no timings
+               for stage, value in results.items()}
     train, ev = results.get("train") or {}, results.get("evaluate") or {}
     if ev:
         lines += ["| model | training | clean (all 12,630) | APGD-CE then APGD-T | AutoAttack |",
@@ -379,7 +381,10 @@ def summary(results: dict[str, Any]) -> str:
     weather = results.get("weather") or {}
     if weather:
         names = list(next(iter(weather.values()))["per_weather"])
-        lines += ["| model | severity | " + " | ".join(names) + " |", "| --- | --- |" + " --- |" * len(names)]
+        lines += ["Driving weather and light: accuracy per severity on the first "
+                  + ", ".join(f"{rep['n_examples']} ({role} clean {fmt(rep['clean'])})" for role, rep in weather.items())
+                  + " test images.", "",
+                  "| model | severity | " + " | ".join(names) + " |", "| --- | --- |" + " --- |" * len(names)]
         for role, rep in weather.items():
             for sev in ("1", "2", "3", "4", "5"):
                 cells = [rep["per_weather"][w]["per_severity"][sev]["accuracy"] for w in names]
