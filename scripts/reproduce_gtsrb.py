@@ -167,17 +167,31 @@ def evaluate_model(run: Run, role: str) -> dict[str, Any]:
     model, a = run.model(role), run.args
     x, y = run.x_test, run.y_test
     names = list(META.names)
-    apgd = evaluate(model, (x[:a.n_apgd], y[:a.n_apgd]), THREAT, attacks=("apgd-ce", "apgd-t"), audit=False,
-                    batch_size=a.batch, class_names=names, checkpoint=run.checkpoint(role))
-    apgd.protocol.update(data=f"GTSRB (test split, first {a.n_apgd}), {run.data.source}", dataset="gtsrb")
-    written = write_report(apgd.to_dict(), run.out / role / "apgd")
-    aa = robust_evaluate(run, role, ["--attacks", "autoattack", "--n-examples", str(a.n_aa)], "autoattack")
-    return {"clean_full_test": clean_accuracy(model, x, y), "apgd_ce_then_apgd_t": apgd.robust,
-            "apgd_clean": apgd.clean, "autoattack": aa["robust"], "autoattack_clean": aa["clean"],
+    folder = run.out / role / "apgd"
+    apgd = _finished(folder, a.n_apgd)  # a report a stopped run finished is kept (its size must match)
+    if apgd is None:
+        report = evaluate(model, (x[:a.n_apgd], y[:a.n_apgd]), THREAT, attacks=("apgd-ce", "apgd-t"), audit=False,
+                          batch_size=a.batch, class_names=names, checkpoint=run.checkpoint(role))
+        report.protocol.update(data=f"GTSRB (test split, first {a.n_apgd}), {run.data.source}", dataset="gtsrb")
+        write_report(report.to_dict(), folder)
+        apgd = report.to_dict()
+    aa = _finished(run.out / role / "autoattack", a.n_aa) or robust_evaluate(
+        run, role, ["--attacks", "autoattack", "--n-examples", str(a.n_aa)], "autoattack")
+    return {"clean_full_test": clean_accuracy(model, x, y), "apgd_ce_then_apgd_t": apgd["robust"],
+            "apgd_clean": apgd["clean"], "autoattack": aa["robust"], "autoattack_clean": aa["clean"],
             "autoattack_per_attack": {k: v["robust"] for k, v in aa["per_attack"].items()},
             "audit": {"unreliable": aa["audit"].get("unreliable"), "checks": len(aa["audit"].get("checks", [])),
                       "flags": [f["name"] for f in aa["audit"].get("flags", [])]},
-            "reports": [str(written["json"]), str(run.out / role / "autoattack" / "report.json")]}
+            "reports": [str(folder / "report.json"), str(run.out / role / "autoattack" / "report.json")]}
+
+
+def _finished(folder: Path, n: int) -> dict[str, Any] | None:
+    """The report in ``folder`` when one was written for ``n`` examples, else ``None``."""
+    path = folder / "report.json"
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    return report if report.get("n_examples") == n else None
 
 
 def robust_evaluate(run: Run, role: str, options: list[str], folder: str) -> dict[str, Any]:
@@ -187,8 +201,8 @@ def robust_evaluate(run: Run, role: str, options: list[str], folder: str) -> dic
 
     out = run.out / role / folder
     code = robust(["evaluate", "--checkpoint", run.checkpoint(role), "--config", str(RECIPES[role]), "--data-root",
-                   str(run.args.root), "--batch-size", str(run.args.batch), "--out", str(out), "--no-wandb",
-                   "--fresh", *options])
+                   str(run.args.root), "--norm", THREAT.norm, "--eps", "8/255", "--batch-size", str(run.args.batch),
+                   "--out", str(out), "--no-wandb", "--fresh", *options])
     if code != 0:
         raise SystemExit(f"robust evaluate {' '.join(options)} failed for the {role} model (exit {code})")
     return json.loads((out / "report.json").read_text())
