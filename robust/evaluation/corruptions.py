@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from io import BytesIO
 
 import numpy as np
@@ -519,6 +519,36 @@ def _batches(data, batch_size: int):
             yield batch[0], batch[1]
 
 
+def accuracy_under(model: nn.Module, data, conditions: Sequence[tuple[str, int]],
+                   transform: Callable[[Tensor, str, int, int], Tensor], batch_size: int, progress: bool,
+                   desc: str) -> tuple[int, int, tuple[int, ...] | None, dict[tuple[str, int], int]]:
+    """``(clean correct, n, image shape, {(name, severity): correct})`` of ``model`` on ``data`` (``(x, y)``
+    tensors or a loader) and on ``transform(x, name, severity, start)`` of every batch, where ``start`` is the
+    index of the batch's first example (so that per-example draws do not depend on ``batch_size``). The model
+    runs in eval mode under ``torch.no_grad()`` on its own device and is put back in its former mode."""
+    device = model_device(model)
+    correct: dict[tuple[str, int], int] = {}
+    clean = n = 0
+    shape = None
+    with eval_mode(model), torch.no_grad():
+        for x, y in _batches(data, batch_size):
+            check_images(x, channels=(1, 3), min_side=MIN_SIDE)
+            shape = tuple(x.shape[1:])
+            clean += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
+            n += len(x)
+        bar = tqdm(total=len(conditions), desc=desc, disable=not progress)
+        for name, s in conditions:
+            hits, i = 0, 0
+            for x, y in _batches(data, batch_size):
+                hits += int((model(transform(x, name, s, i).to(device)).argmax(1) == y.to(device)).sum())
+                i += len(x)
+            correct[name, s] = hits
+            bar.set_postfix_str(f"{name} {s}: {hits / max(n, 1):.3f}")
+            bar.update()
+        bar.close()
+    return clean, n, shape, correct
+
+
 def evaluate_corruptions(
     model: nn.Module,
     data,
@@ -547,32 +577,15 @@ def evaluate_corruptions(
             check_corruption(name, s)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    device = model_device(model)
     start = time.perf_counter()
-    correct: dict[tuple[str, int], int] = {}
-    clean = n = 0
-    shape = None
-    with eval_mode(model):
-        with torch.no_grad():
-            for x, y in _batches(data, batch_size):
-                check_images(x, channels=(1, 3), min_side=MIN_SIDE)
-                shape = tuple(x.shape[1:])
-                clean += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
-                n += len(x)
-            bar = tqdm(total=len(corruptions) * len(severities), desc="corruptions", disable=not progress)
-            for name in corruptions:
-                k = CORRUPTIONS.index(name)
-                for s in severities:
-                    hits, i = 0, 0
-                    for x, y in _batches(data, batch_size):
-                        rngs = [np.random.RandomState([seed, k, s, i + j]) for j in range(len(x))]
-                        xc = corrupt_with(x.to(device), name, s, rngs)
-                        hits += int((model(xc).argmax(1) == y.to(device)).sum())
-                        i += len(x)
-                    correct[name, s] = hits
-                    bar.set_postfix_str(f"{name} {s}: {hits / max(n, 1):.3f}")
-                    bar.update()
-            bar.close()
+
+    def corrupted(x: Tensor, name: str, s: int, first: int) -> Tensor:
+        k = CORRUPTIONS.index(name)
+        return corrupt_with(x.to(model_device(model)), name, s,
+                            [np.random.RandomState([seed, k, s, first + j]) for j in range(len(x))])
+
+    clean, n, shape, correct = accuracy_under(model, data, [(c, s) for c in corruptions for s in severities],
+                                              corrupted, batch_size, progress, "corruptions")
     per_corruption = {
         name: {"mean": float(np.mean([correct[name, s] / n for s in severities])) if n else 0.0,
                "per_severity": {str(s): accuracy_record(correct[name, s], n) for s in severities}}

@@ -46,12 +46,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from robust.base.batching import check_images
 from robust.base.errors import InputError
-from robust.base.runtime import eval_mode, model_device
 from robust.base.stats import accuracy_record
+from robust.evaluation.corruptions import accuracy_under
 
 __all__ = ["WEATHER", "SEVERITIES", "WORK_SIDE", "WeatherError", "check_weather", "weather", "weather_settings",
            "image_seeds", "evaluate_weather"]
@@ -224,16 +223,6 @@ def weather(x: Tensor, name: str, severity: int, seed: int = 0, start: int = 0) 
 
 # ---------------------------------------------------------------------------------------- evaluation
 
-def _batches(data, batch_size: int):
-    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor):
-        x, y = data
-        for start in range(0, len(x), batch_size):
-            yield x[start:start + batch_size], y[start:start + batch_size]
-    else:
-        for batch in data:
-            yield batch[0], batch[1]
-
-
 def evaluate_weather(
     model: nn.Module,
     data,
@@ -263,29 +252,10 @@ def evaluate_weather(
     seed = _check_seed(seed)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise WeatherError(f"batch_size must be a positive integer, got {batch_size!r}")
-    device = model_device(model)
     begin = time.perf_counter()
-    correct: dict[tuple[str, int], int] = {}
-    clean = n = 0
-    shape = None
-    with eval_mode(model), torch.no_grad():
-        for x, y in _batches(data, batch_size):
-            check_images(x, channels=(1, 3), min_side=MIN_SIDE)
-            shape = tuple(x.shape[1:])
-            clean += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
-            n += len(x)
-        bar = tqdm(total=len(names) * len(severities), desc="weather", disable=not progress)
-        for name in names:
-            for s in severities:
-                hits, i = 0, 0
-                for x, y in _batches(data, batch_size):
-                    xw = weather(x, name, s, seed=seed, start=i)
-                    hits += int((model(xw.to(device)).argmax(1) == y.to(device)).sum())
-                    i += len(x)
-                correct[name, s] = hits
-                bar.set_postfix_str(f"{name} {s}: {hits / max(n, 1):.3f}")
-                bar.update()
-        bar.close()
+    clean, n, shape, correct = accuracy_under(
+        model, data, [(w, s) for w in names for s in severities],
+        lambda x, name, s, first: weather(x, name, s, seed=seed, start=first), batch_size, progress, "weather")
     per_weather = {
         name: {"mean": float(np.mean([correct[name, s] / n for s in severities])) if n else 0.0,
                "per_severity": {str(s): accuracy_record(correct[name, s], n) for s in severities}}
